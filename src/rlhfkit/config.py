@@ -1,0 +1,133 @@
+"""One flat dataclass per command. Values come from the defaults, then a YAML file (``--config``), then
+command-line flags; every field carries its own help text, which the CLI shows in ``--help``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def opt(default: Any, help: str, **kw):
+    """A config field with its help text."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class CommonConfig:
+    out: str = opt("runs/run", "Run directory: checkpoints, metrics.jsonl and the final model go here.")
+    seed: int = opt(0, "Seed for data order, initialisation and sampling.")
+    mixed_precision: str = opt("no", "'no', 'bf16' or 'fp16' (through accelerate; bf16 autocast works on CPUs with AVX-512 BF16).")
+    save_every: int = opt(0, "Write a checkpoint every N optimiser steps (0: only at the end).")
+    resume: str | None = opt(None, "Continue the run in this run directory from its last checkpoint.")
+    system_prompt: str | None = opt(None, "System message for chat-templated prompts (None: the template's default).")
+    lora_r: int = opt(0, "LoRA rank (0: train all parameters). With LoRA the reference model is the same network with adapters disabled.")
+    lora_alpha: int = opt(32, "LoRA alpha.")
+    lora_targets: str = opt("q_proj,k_proj,v_proj,o_proj", "Comma-separated module names that get LoRA adapters.")
+    threads: int = opt(0, "torch intra-op threads (0: torch's default).")
+
+
+@dataclass
+class SFTConfig(CommonConfig):
+    model: str = opt("smollm2-135m", "Initial model: an alias (smollm2-135m, tiny), a .gguf file or a model folder.")
+    data: str = opt("", "SFT JSONL: {prompt, completion} or {messages} per line.", required=True)
+    epochs: float = opt(1.0, "Passes over the data (fractions allowed).")
+    max_steps: int = opt(0, "Stop after this many optimiser steps (0: run the epochs).")
+    batch_size: int = opt(8, "Examples per optimiser step (per process, before accumulation).")
+    grad_accum: int = opt(1, "Gradient accumulation steps.")
+    lr: float = opt(2e-5, "Peak learning rate (AdamW).")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    warmup_steps: int = opt(0, "Linear warmup steps.")
+    max_prompt_tokens: int = opt(256, "Prompts are cut to their last N tokens.")
+    max_completion_tokens: int = opt(128, "Completions are cut to N tokens (EOS included).")
+    log_every: int = opt(1, "Log metrics every N steps.")
+
+
+@dataclass
+class RewardConfig(CommonConfig):
+    model: str = opt("runs/sft", "Backbone to start from (an SFT checkpoint by default) or a reward model to continue.")
+    data: str = opt("", "Preference JSONL: {prompt, chosen, rejected[, margin]} pairs and/or {prompt, responses, ranking} rankings.", required=True)
+    eval_data: str | None = opt(None, "Held-out preference JSONL (default: hold out eval_fraction of the prompts).")
+    eval_fraction: float = opt(0.1, "Fraction of ranking groups held out when eval_data is not given.")
+    reference: str | None = opt(None, "JSONL of {prompt, response} whose scores define mean 0 / std 1 (default: every response in data).")
+    epochs: float = opt(1.0, "Passes over the training pairs.")
+    max_steps: int = opt(0, "Stop after this many optimiser steps (0: run the epochs).")
+    batch_size: int = opt(8, "Prompts (ranking groups) per optimiser step; all pairs of a prompt stay in one batch.")
+    grad_accum: int = opt(1, "Gradient accumulation steps.")
+    lr: float = opt(1e-5, "Peak learning rate (AdamW).")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    warmup_steps: int = opt(0, "Linear warmup steps.")
+    use_margin: bool = opt(True, "Use a pair's 'margin' field in the Bradley-Terry loss when present.")
+    train_top_layers: int = opt(0, "Train only the top N transformer layers, the final norm and the head (0: all).")
+    max_prompt_tokens: int = opt(256, "Prompts are cut to their last N tokens.")
+    max_completion_tokens: int = opt(128, "Responses are cut to N tokens.")
+    log_every: int = opt(1, "Log metrics every N steps.")
+
+
+@dataclass
+class PPOConfig(CommonConfig):
+    model: str = opt("runs/sft", "Policy to start from; also the frozen reference of the KL penalty.")
+    reward_model: str | None = opt(None, "Reward model folder (from `rlhfkit reward`).")
+    reward_fn: str | None = opt(None, "Instead of a reward model: 'module:function' taking (prompts, responses) -> scores.")
+    prompts: str = opt("", "Prompts JSONL ({prompt} or {messages} per line).", required=True)
+    steps: int = opt(20, "PPO iterations (sample, score, update).")
+    batch_size: int = opt(32, "Prompts sampled per iteration.")
+    minibatch_size: int = opt(8, "Sequences per gradient step inside an iteration.")
+    ppo_epochs: int = opt(2, "Passes over each rollout batch.")
+    lr: float = opt(1e-5, "Learning rate (AdamW) for policy and value head.")
+    max_grad_norm: float = opt(1.0, "Gradient clipping.")
+    max_new_tokens: int = opt(32, "Longest response.")
+    temperature: float = opt(1.0, "Sampling temperature (log-probs are recomputed at the same temperature).")
+    top_p: float = opt(1.0, "Nucleus sampling.")
+    init_kl_coef: float = opt(0.05, "beta: weight of the per-token KL penalty to the reference inside the reward.")
+    adaptive_kl: bool = opt(False, "Adapt beta towards kl_target (Ziegler et al. 2019).")
+    kl_target: float = opt(6.0, "Target KL (nats per sequence) of the adaptive controller.")
+    kl_horizon: int = opt(10000, "Horizon (in samples) of the adaptive controller.")
+    kl_penalty: str = opt("k1", "Per-token KL estimator inside the reward: k1, k2 or k3.")
+    max_kl: float = opt(0.0, "Stop training when the mean KL to the reference passes this (nats per sequence; 0: never).")
+    target_kl: float = opt(0.0, "Stop a batch's PPO epochs when approx KL old->new passes this (0: never).")
+    gamma: float = opt(1.0, "Discount.")
+    lam: float = opt(0.95, "GAE lambda.")
+    clip_eps: float = opt(0.2, "Policy ratio clip.")
+    clip_eps_value: float = opt(0.2, "Value clip.")
+    vf_coef: float = opt(0.1, "Weight of the value loss.")
+    whiten_rewards: bool = opt(False, "Whiten the shaped rewards of a batch before GAE.")
+    missing_eos_penalty: float = opt(0.0, "Subtracted from the score of responses that never emit EOS.")
+    reward_batch_size: int = opt(32, "Batch size for scoring with the reward model.")
+    log_every: int = opt(1, "Log metrics every N steps.")
+
+
+def field_help(cls) -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def load_config(cls, path: str | Path | None = None, overrides: dict | None = None):
+    """defaults < YAML file < overrides (keys with value None in overrides are ignored)."""
+    values: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    if path:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a mapping of option: value")
+        for k, v in raw.items():
+            key = k.replace("-", "_")
+            if key not in names:
+                raise ValueError(f"{path}: unknown option {k!r} for {cls.__name__}")
+            values[key] = v
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            values[k] = v
+    missing = [f.name for f in dataclasses.fields(cls) if f.metadata.get("required") and not values.get(f.name)]
+    if missing:
+        raise ValueError("missing required option(s): " + ", ".join("--" + m.replace("_", "-") for m in missing))
+    return cls(**values)
+
+
+def save_config(cfg, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))

