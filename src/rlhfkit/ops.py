@@ -1,0 +1,516 @@
+"""Pure tensor math of RLHF: log-probs, masked statistics, KL penalties, GAE, PPO,
+reward-model and DPO losses.
+
+Every function here is a pure function of tensors: it never modifies its inputs in
+place, holds no state, reads no config, and works on any device for float32,
+bfloat16 and float64 inputs.
+
+Conventions (see DESIGN.md, "Conventions of the math"):
+
+- B sequences, T response positions, V vocabulary entries.
+- ``mask[b, t]`` is 1 (True) for real response tokens -- the EOS token included when it
+  was generated -- and 0 (False) after. ``mask`` may be bool or float (0/1). Positional
+  logic (last token, end of episode) treats any nonzero entry as "real"; the masked
+  averages use the float value as a weight, which is the same thing for a 0/1 mask.
+- Values at masked positions are never read: they may hold anything, even nan or inf
+  (padding log-probs, say), without changing any result at unmasked positions or any
+  gradient. Per-token outputs are 0 at masked positions, except ``masked_whiten``
+  (see there).
+- A "masked mean" is the sum over the unmasked entries of the whole batch divided by
+  their count (not a mean of per-row means).
+- Reductions over bfloat16/float16 inputs accumulate in float32 (a bf16 sum cannot even
+  count past 256 exactly) and are cast back to the input dtype; ``token_logprobs`` and
+  ``entropy_from_logits`` return float32 for half-precision logits because those feed
+  ratios of probabilities where bf16's 3 significant digits are not enough.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "token_logprobs",
+    "entropy_from_logits",
+    "sequence_logprobs",
+    "last_index",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "explained_variance",
+    "kl_penalty",
+    "kl_shaped_rewards",
+    "gae",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "bradley_terry_loss",
+    "dpo_loss",
+    "ranking_pairs",
+    "rloo_advantages",
+]
+
+KL_KINDS = ("k1", "k2", "k3")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half-precision dtypes, the dtype itself for float32/float64,
+    the default float dtype for integer/bool inputs."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    if dtype.is_floating_point:
+        return dtype
+    return torch.get_default_dtype()
+
+
+def _real(mask: torch.Tensor) -> torch.Tensor:
+    """Bool view of a bool or 0/1 float mask: True where the token is real."""
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def _check_same_shape(fn: str, **tensors: torch.Tensor) -> None:
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        desc = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+        raise ValueError(f"ops.{fn}: shapes must match, got {desc}")
+
+
+# --------------------------------------------------------------------------- log-probs
+
+
+def token_logprobs(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Log-probability of each label under ``softmax(logits / temperature)``.
+
+    logits: (B, T, V) already aligned with ``labels`` (position t scores token t).
+    labels: (B, T) int64 token ids in [0, V).
+    temperature: > 0; use the temperature that sampled the tokens (PPO detail: the
+        log-probs must be those of the sampling distribution).
+    returns: (B, T) ``log_softmax(logits / temperature)[b, t, labels[b, t]]``, float32
+        for bf16/fp16 logits, the logits' dtype otherwise.
+
+    Computed as ``logit[label] - logsumexp(logits)``: no (B, T, V) log-softmax and never
+    a float64 copy of the logits (only bf16/fp16 are upcast, to float32). Positions
+    whose label is padding still need a valid id; mask them downstream.
+    """
+    if logits.dim() < 1 or tuple(labels.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(
+            f"ops.token_logprobs: labels {tuple(labels.shape)} must be logits "
+            f"{tuple(logits.shape)} without its last (vocabulary) dimension"
+        )
+    if not temperature > 0:
+        raise ValueError(f"ops.token_logprobs: temperature must be > 0, got {temperature}")
+    x = logits.to(_compute_dtype(logits.dtype))  # no copy when already float32/float64
+    if temperature != 1.0:
+        x = x / temperature  # a new tensor: the caller's logits stay untouched
+    label_logit = x.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
+    return label_logit - torch.logsumexp(x, dim=-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of ``softmax(logits)`` over the last dimension.
+
+    logits: (B, T, V) (any leading shape works).
+    returns: (B, T) ``H = logsumexp(z) - sum_v p_v z_v``; float32 for bf16/fp16 logits,
+        the logits' dtype otherwise; never a float64 copy.
+
+    Entries with logit -inf (probability 0) contribute 0, not nan.
+    """
+    z = logits.to(_compute_dtype(logits.dtype))
+    p = torch.softmax(z, dim=-1)
+    # p * z is 0 * -inf = nan for filtered-out tokens; their true contribution is 0.
+    pz = torch.where(p > 0, p * z, torch.zeros((), dtype=z.dtype, device=z.device))
+    return torch.logsumexp(z, dim=-1) - pz.sum(dim=-1)
+
+
+def sequence_logprobs(token_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each whole response: sum of token log-probs over real tokens.
+
+    token_logp: (B, T); mask: (B, T) bool or 0/1 float.
+    returns: (B,) ``sum_t token_logp[b, t] * mask[b, t]`` over unmasked t (0 for a row
+        with no real token), in token_logp's dtype.
+    """
+    _check_same_shape("sequence_logprobs", token_logp=token_logp, mask=mask)
+    acc = _compute_dtype(token_logp.dtype)
+    w = mask.to(acc)
+    x = torch.where(_real(mask), token_logp.to(acc) * w, torch.zeros((), dtype=acc, device=w.device))
+    return x.sum(dim=-1).to(token_logp.dtype)
+
+
+def last_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row (where the reward model is read).
+
+    mask: (B, T) bool or 0/1 float.
+    returns: (B,) int64, the largest t with ``mask[b, t] != 0``, or -1 for a row
+        with no real token.
+    """
+    real = _real(mask)
+    if real.shape[-1] == 0:
+        return torch.full(real.shape[:-1], -1, dtype=torch.long, device=real.device)
+    pos = torch.arange(real.shape[-1], device=real.device)
+    return torch.where(real, pos, -1).amax(dim=-1)
+
+
+# --------------------------------------------------------------------------- masked statistics
+
+
+def masked_mean(
+    x: torch.Tensor, mask: torch.Tensor, dim: int | tuple[int, ...] | None = None
+) -> torch.Tensor:
+    """``sum(x * mask) / sum(mask)`` over ``dim`` (or over everything when None).
+
+    x: (B, T) (any shape); mask: same shape (or broadcastable to it), bool or float.
+    returns: a 0-d tensor (dim None) or x reduced over ``dim``, in x's dtype (float
+        dtype for integer/bool x). nan where the mask sums to 0 (0 / 0): an average of
+        nothing is undefined, and a silent 0 would hide an empty batch.
+
+    Masked entries of x are never read (nan/inf there do not leak into the result or
+    its gradient).
+    """
+    acc = _compute_dtype(x.dtype)
+    try:
+        w = mask.to(acc).expand(x.shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"ops.masked_mean: mask {tuple(mask.shape)} does not broadcast to x {tuple(x.shape)}"
+        ) from err
+    real = _real(mask).expand(x.shape)
+    num = torch.where(real, x.to(acc) * w, torch.zeros((), dtype=acc, device=w.device))
+    if dim is None:
+        out = num.sum() / w.sum()
+    else:
+        out = num.sum(dim=dim) / w.sum(dim=dim)
+    return out.to(x.dtype if x.dtype.is_floating_point else acc)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+    """Variance of the unmasked entries of x (the whole batch together).
+
+    x: (B, T); mask: (B, T) bool or float.
+    unbiased: divide by n - 1 instead of n (n = number of unmasked entries, or the sum
+        of the weights for a non-0/1 float mask).
+    returns: 0-d tensor in x's dtype; nan when n == 0 (or n == 1 with unbiased=True).
+    """
+    acc = _compute_dtype(x.dtype)
+    xa = x.to(acc)
+    mean = masked_mean(xa, mask)
+    var = masked_mean((xa - mean) ** 2, mask)
+    if unbiased:
+        n = mask.to(acc).expand(x.shape).sum()
+        # n/(n-1) is inf for n == 1 and 0 * inf = nan: the right answer, no sync needed.
+        var = var * (n / (n - 1))
+    return var.to(x.dtype if x.dtype.is_floating_point else acc)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Normalise x to mean 0 and variance 1 over its unmasked entries.
+
+    x: (B, T); mask: (B, T) bool or float.
+    returns: (B, T) ``(x - mean) / sqrt(var + 1e-8)`` with mean and biased var over the
+        unmasked entries of the whole batch; with ``shift_mean=False`` the mean is added
+        back (scale only, as for rewards whose sign matters).
+
+    Choice: the same affine map is applied at every position, masked ones included
+    (masked outputs are not zeroed). Callers only use unmasked entries; keeping the map
+    uniform makes the output a plain function of x. Garbage (nan/inf) at masked
+    positions stays garbage there and does not affect unmasked outputs.
+    """
+    _check_same_shape("masked_whiten", x=x, mask=mask)
+    acc = _compute_dtype(x.dtype)
+    xa = x.to(acc)
+    mean = masked_mean(xa, mask)
+    var = masked_var(xa, mask, unbiased=False)
+    out = (xa - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out.to(x.dtype)
+
+
+def explained_variance(
+    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """How much of the returns' variance the value head explains.
+
+    values, returns: (B, T); mask: (B, T) bool or float.
+    returns: 0-d tensor ``1 - var(returns - values) / var(returns)`` with (biased)
+        variances over the unmasked entries; 1 is perfect, 0 is no better than a
+        constant, negative is worse. nan (a tensor, no exception) when var(returns) == 0.
+    """
+    _check_same_shape("explained_variance", values=values, returns=returns, mask=mask)
+    acc = _compute_dtype(returns.dtype)
+    r = returns.to(acc)
+    var_r = masked_var(r, mask)
+    var_res = masked_var(r - values.to(acc), mask)
+    nan = torch.full((), float("nan"), dtype=acc, device=r.device)
+    return torch.where(var_r == 0, nan, 1 - var_res / var_r).to(returns.dtype)
+
+
+# --------------------------------------------------------------------------- KL and rewards
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-token estimator of KL(pi || pi_ref) from samples of pi.
+
+    logp: (B, T) log pi(y_t); ref_logp: (B, T) log pi_ref(y_t).
+    kind: "k1" ``logp - ref_logp`` (unbiased, can be negative per token);
+          "k2" ``0.5 * (logp - ref_logp)**2`` (biased, low variance);
+          "k3" ``exp(ref_logp - logp) - 1 - (ref_logp - logp)`` (unbiased and never
+          negative; Schulman, "Approximating KL Divergence", 2020).
+    returns: (B, T) in the inputs' dtype.
+    """
+    _check_same_shape("kl_penalty", logp=logp, ref_logp=ref_logp)
+    if kind == "k1":
+        return logp - ref_logp
+    if kind == "k2":
+        return 0.5 * (logp - ref_logp) ** 2
+    if kind == "k3":
+        d = ref_logp - logp
+        return torch.expm1(d) - d  # expm1: exact near d = 0, where most tokens are
+    raise ValueError(f"ops.kl_penalty: kind must be one of {KL_KINDS}, got {kind!r}")
+
+
+def kl_shaped_rewards(
+    scores: torch.Tensor,
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float | torch.Tensor,
+    kind: str = "k1",
+) -> torch.Tensor:
+    """Per-token PPO rewards: KL penalty at every real token, score at the last one.
+
+    scores: (B,) reward-model score of each response.
+    logp, ref_logp: (B, T) log-probs of the sampled tokens under the policy and the
+        frozen reference; mask: (B, T) bool or 0/1 float.
+    beta: KL coefficient (float or 0-d tensor).
+    returns: (B, T) ``-beta * kl_penalty(logp, ref_logp, kind)`` at unmasked positions,
+        plus ``scores[b]`` at row b's last unmasked position (``last_index``); 0 at
+        masked positions; a row with no real token is all zeros.
+    """
+    _check_same_shape("kl_shaped_rewards", logp=logp, ref_logp=ref_logp, mask=mask)
+    if tuple(scores.shape) != tuple(logp.shape[:1]):
+        raise ValueError(
+            f"ops.kl_shaped_rewards: scores must have shape (B,) = {tuple(logp.shape[:1])}, "
+            f"got {tuple(scores.shape)}"
+        )
+    real = _real(mask)
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    # Padding log-probs are sanitised first, so nan/inf there cannot leak into gradients.
+    lp = torch.where(real, logp, zero)
+    rp = torch.where(real, ref_logp, zero)
+    rewards = torch.where(real, -beta * kl_penalty(lp, rp, kind), zero)
+    pos = torch.arange(logp.shape[-1], device=logp.device)
+    at_last = pos.unsqueeze(0) == last_index(mask).unsqueeze(1)  # all False for an empty row
+    return rewards + torch.where(at_last, scores.to(logp.dtype).unsqueeze(1), zero)
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) over response tokens.
+
+    rewards: (B, T) per-token rewards (e.g. ``kl_shaped_rewards``).
+    values: (B, T) value estimates V(s_t); pass them detached.
+    mask: (B, T) bool or 0/1 float; each row must be ones then zeros (a response and
+        its right padding); ValueError otherwise (one device sync to check).
+    returns: ``(advantages, returns)``, both (B, T) in rewards' dtype:
+        ``delta_t = r_t + gamma * V_{t+1} - V_t`` with V taken as 0 at and after the
+        first masked position (the episode has ended: no bootstrap past EOS or past
+        the length limit), ``A_t = delta_t + gamma * lam * A_{t+1}``,
+        ``returns = A + V``; both 0 at masked positions.
+
+    Vectorised over B; a Python loop over T (T is at most a few hundred).
+    """
+    _check_same_shape("gae", rewards=rewards, values=values, mask=mask)
+    real = _real(mask)
+    if real.shape[-1] > 1 and bool((real[:, 1:] & ~real[:, :-1]).any()):
+        rows = (real[:, 1:] & ~real[:, :-1]).any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(
+            f"ops.gae: mask rows must be ones then zeros (response then padding); "
+            f"rows {rows} have a real token after a masked one"
+        )
+    acc = _compute_dtype(rewards.dtype)  # the recursion accumulates: not in bf16
+    zero = torch.zeros((), dtype=acc, device=rewards.device)
+    r = torch.where(real, rewards.to(acc), zero)
+    v = torch.where(real, values.to(acc), zero)  # V = 0 from the end of the episode on
+    T = rewards.shape[-1]
+    adv_next = torch.zeros_like(r[:, 0]) if T else None
+    v_next = torch.zeros_like(r[:, 0]) if T else None
+    advs = [None] * T
+    for t in reversed(range(T)):
+        delta = r[:, t] + gamma * v_next - v[:, t]
+        adv_next = torch.where(real[:, t], delta + gamma * lam * adv_next, zero)
+        advs[t] = adv_next
+        v_next = v[:, t]
+    advantages = torch.stack(advs, dim=1) if T else torch.zeros_like(r)
+    returns = torch.where(real, advantages + v, zero)
+    return advantages.to(rewards.dtype), returns.to(rewards.dtype)
+
+
+# --------------------------------------------------------------------------- PPO losses
+
+
+def ppo_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO clipped surrogate loss (Schulman et al. 2017), to be minimised.
+
+    logp: (B, T) log pi_theta(y_t) (with grad); old_logp: (B, T) log-probs at sampling
+    time; advantages: (B, T); mask: (B, T) bool or float.
+    returns: ``(loss, clip_frac)``, both 0-d tensors in logp's dtype:
+        ``ratio = exp(logp - old_logp)``,
+        ``loss = masked_mean(max(-A * ratio, -A * clamp(ratio, 1 - eps, 1 + eps)))``;
+        ``clip_frac = masked_mean(-A * clamp(ratio, ...) > -A * ratio)`` -- the fraction
+        of real tokens where the clipped term is strictly the larger one, i.e. where
+        clipping is active and the token's gradient is zero. A tie (ratio inside the
+        band, or A == 0) does not count as clipped. clip_frac carries no gradient.
+    """
+    _check_same_shape("ppo_policy_loss", logp=logp, old_logp=old_logp, advantages=advantages, mask=mask)
+    real = _real(mask)
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    # Sanitise padding first: exp(garbage) could be inf, and inf * 0 grads are nan.
+    log_ratio = torch.where(real, logp - torch.where(real, old_logp, zero), zero)
+    adv = torch.where(real, advantages.to(logp.dtype), zero)
+    ratio = torch.exp(log_ratio)
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clip_frac = masked_mean((clipped > unclipped).to(logp.dtype), mask).detach()
+    return loss, clip_frac
+
+
+def ppo_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss (as in OpenAI's PPO2 and Ziegler et al. 2019), to be minimised.
+
+    values: (B, T) V_theta(s_t) (with grad); old_values: (B, T) values at sampling time;
+    returns: (B, T) GAE returns; mask: (B, T) bool or float.
+    returns: ``(loss, clip_frac)``, 0-d tensors in values' dtype:
+        ``V_clip = old_V + clamp(V - old_V, -eps, eps)``,
+        ``loss = 0.5 * masked_mean(max((V - R)**2, (V_clip - R)**2))``;
+        ``clip_frac = masked_mean((V_clip - R)**2 > (V - R)**2)`` -- fraction of real
+        tokens where the clipped term is strictly larger (so it is the one used, and
+        the token's gradient is zero). No gradient.
+    """
+    _check_same_shape("ppo_value_loss", values=values, old_values=old_values, returns=returns, mask=mask)
+    real = _real(mask)
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    v = torch.where(real, values, zero)
+    old_v = torch.where(real, old_values.to(values.dtype), zero)
+    ret = torch.where(real, returns.to(values.dtype), zero)
+    v_clipped = old_v + torch.clamp(v - old_v, -clip_eps, clip_eps)
+    unclipped = (v - ret) ** 2
+    clipped = (v_clipped - ret) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    clip_frac = masked_mean((clipped > unclipped).to(values.dtype), mask).detach()
+    return loss, clip_frac
+
+
+# --------------------------------------------------------------------------- preference losses
+
+
+def bradley_terry_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    margin: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Reward-model loss: negative log-likelihood of the preferences under Bradley-Terry.
+
+    chosen, rejected: (B,) scores of the preferred and the other response.
+    margin: None (0), a float, or (B,) -- e.g. Llama 2's preference-strength margin.
+    returns: 0-d ``mean(-logsigmoid(chosen - rejected - margin))``.
+    """
+    _check_same_shape("bradley_terry_loss", chosen=chosen, rejected=rejected)
+    diff = chosen - rejected
+    if margin is not None:
+        diff = diff - margin
+    return -F.logsigmoid(diff).mean()
+
+
+def dpo_loss(
+    policy_chosen_logp: torch.Tensor,
+    policy_rejected_logp: torch.Tensor,
+    ref_chosen_logp: torch.Tensor,
+    ref_rejected_logp: torch.Tensor,
+    beta: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Direct preference optimisation loss (Rafailov et al. 2023).
+
+    All inputs: (B,) sequence log-probs (``sequence_logprobs``) of the chosen and the
+    rejected response under the policy and the frozen reference.
+    returns: ``(loss, chosen_rewards, rejected_rewards)``:
+        ``chosen_rewards = beta * (pc - rc)``, ``rejected_rewards = beta * (pr - rr)``,
+        both (B,) and detached (they are logged, not optimised);
+        ``loss = mean(-logsigmoid(chosen_rewards - rejected_rewards))`` (0-d, with grad).
+    """
+    _check_same_shape(
+        "dpo_loss",
+        policy_chosen_logp=policy_chosen_logp,
+        policy_rejected_logp=policy_rejected_logp,
+        ref_chosen_logp=ref_chosen_logp,
+        ref_rejected_logp=ref_rejected_logp,
+    )
+    chosen = beta * (policy_chosen_logp - ref_chosen_logp)
+    rejected = beta * (policy_rejected_logp - ref_rejected_logp)
+    loss = -F.logsigmoid(chosen - rejected).mean()
+    return loss, chosen.detach(), rejected.detach()
+
+
+def ranking_pairs(ranking: Sequence[Hashable]) -> list[tuple[Hashable, Hashable]]:
+    """All (winner, loser) pairs implied by a ranking, best first.
+
+    ranking: K distinct item ids, best to worst (a list/tuple; a 1-d tensor or array is
+        converted with ``.tolist()``).
+    returns: the K(K-1)/2 pairs ``(ranking[i], ranking[j])`` for i < j, ordered by i
+        then j -- e.g. [a, b, c] -> [(a, b), (a, c), (b, c)].
+    Raises ValueError when an item appears twice, TypeError for a str or non-sequence.
+    """
+    if hasattr(ranking, "tolist") and not isinstance(ranking, (list, tuple)):
+        ranking = ranking.tolist()
+    if isinstance(ranking, (str, bytes)) or not isinstance(ranking, Sequence):
+        raise TypeError(
+            f"ops.ranking_pairs: ranking must be a sequence of item ids, got {type(ranking).__name__}"
+        )
+    items = list(ranking)
+    seen: set = set()
+    dups = []
+    for item in items:
+        if item in seen and item not in dups:
+            dups.append(item)
+        seen.add(item)
+    if dups:
+        raise ValueError(f"ops.ranking_pairs: items must be distinct, repeated: {dups} in {items}")
+    return [(items[i], items[j]) for i in range(len(items)) for j in range(i + 1, len(items))]
+
+
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """REINFORCE leave-one-out advantages (Kool et al. 2019; Ahmadian et al. 2024).
+
+    rewards: (P, K) rewards of K >= 2 samples for each of P prompts.
+    returns: (P, K) ``r[p, k] - mean_{j != k} r[p, j] = r - (sum_k r - r) / (K - 1)``.
+    """
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise ValueError(
+            f"ops.rloo_advantages: rewards must be (P, K) with K >= 2 samples per prompt, "
+            f"got shape {tuple(rewards.shape)}"
+        )
+    k = rewards.shape[1]
+    return rewards - (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
