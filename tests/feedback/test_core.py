@@ -1,0 +1,262 @@
+"""Migrations, import parsing, export, human win-rates, the CLI; no torch in the web app."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from typer.testing import CliRunner
+
+from rlhfkit.feedback import service as svc
+from rlhfkit.feedback.cli import feedback_app
+from rlhfkit.feedback.db import Base, Label, make_engine, migrate
+from rlhfkit.feedback.winrate import human_winrates, winrates_from_records
+
+from .conftest import FAST_HASHER, RANKING_TASK, RATING_TASK, add_user, import_tasks
+
+TABLES = {"users", "tasks", "responses", "assignments", "labels", "jobs", "workers", "settings", "alembic_version"}
+
+
+def test_fresh_db_gets_schema_and_migrating_twice_is_a_noop(db_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from rlhfkit.feedback.db import current_revision
+
+    engine = make_engine(db_url)
+    assert set(sa.inspect(engine).get_table_names()) == set()
+    migrate(engine)
+    assert set(sa.inspect(engine).get_table_names()) == TABLES
+    rev = current_revision(engine)
+    assert rev == "0001"
+    add_user(engine, "ann")
+    migrate(engine)  # again: nothing changes, nothing lost
+    assert current_revision(engine) == rev
+    assert set(sa.inspect(engine).get_table_names()) == TABLES
+    with engine.connect() as conn:
+        assert conn.scalar(sa.text("SELECT count(*) FROM users")) == 1
+        # the models and the migrations describe the same schema
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == [], diff
+    engine.dispose()
+
+
+def test_sqlite_runs_in_wal_mode(sqlite_url):
+    engine = make_engine(sqlite_url)
+    migrate(engine)
+    with engine.connect() as c:
+        assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    engine.dispose()
+
+
+def test_web_app_and_cli_never_import_torch():
+    code = (
+        "import sys\n"
+        "import rlhfkit.feedback, rlhfkit.feedback.app, rlhfkit.feedback.cli, rlhfkit.feedback.worker\n"
+        "import rlhfkit.feedback.stats, rlhfkit.feedback.export, rlhfkit.feedback.winrate, rlhfkit.feedback.asgi\n"
+        "from rlhfkit.feedback.app import create_app\n"
+        "create_app('sqlite:///' + sys.argv[1])\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"
+        "assert not bad, bad\n"
+    )
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        r = subprocess.run([sys.executable, "-c", code, f"{d}/x.db"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+# --------------------------------------------------------------------------- import parsing
+
+
+def test_import_formats():
+    lines = [
+        json.dumps({"prompt": "p1", "responses": ["a", "b"], "sources": ["s1", "s2"], "kind": "ranking"}),
+        "",
+        json.dumps({"prompt": "p2", "response": "x", "source": "ppo", "sample": 0}),
+        json.dumps({"prompt": "p2", "response": "y", "source": "ppo", "sample": 1}),
+        json.dumps({"prompt": "p2", "response": "z", "source": "sft", "sample": 0}),
+        json.dumps({"prompt": "p3"}),
+    ]
+    specs = svc.parse_import_lines(lines, default_kind="pairwise", reference="sft")
+    assert [(s.kind, s.prompt) for s in specs] == [("ranking", "p1"), ("pairwise", "p2"), ("pairwise", "p2"), ("pairwise", "p3")]
+    assert specs[0].responses == [("a", "s1", {}), ("b", "s2", {})]
+    # generate output grouped by prompt, then split into method-vs-reference pairs
+    assert [[r[:2] for r in s.responses] for s in specs[1:3]] == [[("x", "ppo"), ("z", "sft")], [("y", "ppo"), ("z", "sft")]]
+    assert specs[1].reference_source == "sft"
+    assert specs[3].responses == []  # waits for the worker
+
+
+@pytest.mark.parametrize("line, msg", [
+    ("{not json", "f.jsonl:1: not valid JSON"),
+    ('["a"]', "f.jsonl:1: each line must be a JSON object"),
+    ('{"prompt": ""}', 'f.jsonl:1: "prompt" must be a non-empty string'),
+    ('{"prompt": "p", "kind": "essay", "responses": ["a"]}', 'f.jsonl:1: "kind" must be one of'),
+    ('{"prompt": "p", "kind": "ranking", "responses": ["a"]}', "f.jsonl:1: a ranking task needs at least 2 responses"),
+    ('{"prompt": "p", "kind": "pairwise", "responses": ["a", "b", "c"]}', "f.jsonl:1: pairwise tasks with more than 2 responses need a reference"),
+    ('{"prompt": "p", "kind": "pairwise", "reference": "r", "responses": ["a", "b"]}', "no response from the reference source 'r'"),
+    ('{"prompt": "p", "responses": ["a", 3]}', 'f.jsonl:1: "responses"[1] must be a string'),
+    ('{"prompt": "p", "responses": ["a", "b"], "sources": ["x"]}', '"sources" must be a list as long as "responses"'),
+    ('{"prompt": "p", "kind": "rating", "responses": ["a"], "gold": {"scores": [9]}}', '"gold"."scores" must be 1 integers from 1 to 7'),
+    ('{"prompt": "p", "kind": "ranking", "responses": ["a", "b"], "gold": {"ranking": [[0], [0]]}}', '"gold"."ranking": ranking is not a permutation'),
+    ('{"prompt": "p", "kind": "pairwise", "responses": ["a", "b"], "gold": {"winner": 2}}', '"gold"."winner" must be 0..1 or "tie"'),
+])
+def test_import_errors_name_file_and_line(line, msg):
+    with pytest.raises(svc.ImportFileError) as e:
+        svc.parse_import_lines([line], name="f.jsonl")
+    assert msg in e.value.message
+
+
+def test_gold_score():
+    from rlhfkit.feedback.db import Response, Task
+
+    def task(kind, n, gold):
+        t = Task(id=1, kind=kind, prompt="p", gold=gold)
+        t.responses = [Response(id=10 + i, position=i, text=str(i), source="s") for i in range(n)]
+        return t
+
+    t = task("rating", 3, {"scores": [7, 4, 1]})
+    assert svc.gold_score(t, {"ratings": [{"response_id": 10, "score": 6}, {"response_id": 11, "score": 2}, {"response_id": 12, "score": 1}]}) == pytest.approx(2 / 3)
+    t = task("ranking", 3, {"ranking": [[0], [1, 2]]})
+    assert svc.gold_score(t, {"tiers": [[10], [11, 12]]}) == 1.0
+    assert svc.gold_score(t, {"tiers": [[10], [11], [12]]}) == pytest.approx(2 / 3)  # broke the tie
+    assert svc.gold_score(t, {"tiers": [[12, 11], [10]]}) == pytest.approx(1 / 3)
+    t = task("pairwise", 2, {"winner": "tie"})
+    assert svc.gold_score(t, {"winner": None}) == 1.0 and svc.gold_score(t, {"winner": 10}) == 0.0
+
+
+# --------------------------------------------------------------------------- export and win-rates
+
+
+def _label(engine, user, tid, body):
+    return svc.submit_label(engine, user, tid, body)
+
+
+def test_export_pairs_from_rankings_and_ratings(sqlite_url, tmp_path):
+    from rlhfkit.feedback.export import export
+
+    engine = make_engine(sqlite_url)
+    migrate(engine)
+    svc.set_settings(engine, {"overlap": 1})
+    u = add_user(engine, "ann")
+    rk, rt = import_tasks(engine, [
+        {**RANKING_TASK, "responses": RANKING_TASK["responses"] + [{"text": "Date", "source": "ref"}]},
+        {**RATING_TASK, "responses": RATING_TASK["responses"] + [{"text": "Same score", "source": "x"}]},
+    ])
+    # a single-response rating task of the same prompt: paired with the other ratings of ann
+    (rt1,) = import_tasks(engine, [{"prompt": RATING_TASK["prompt"], "kind": "rating", "responses": [{"text": "Lonely", "source": "solo"}]}])
+    svc.allocate_batch(engine, u)
+    with Session(engine) as s:
+        ids = {t: [r.id for r in svc.get_assignment(s, u, t).task.responses] for t in (rk, rt, rt1)}
+    a, b, c, d = ids[rk]  # Apple, Banana, Car, Date
+    _label(engine, u, rk, {"tiers": [[a], [b, d], [c]]})
+    x, y, z = ids[rt]
+    _label(engine, u, rt, {"ratings": [{"response_id": x, "score": 7}, {"response_id": y, "score": 2, "flags": ["harmful_advice"]}, {"response_id": z, "score": 2}]})
+    _label(engine, u, rt1, {"ratings": [{"response_id": ids[rt1][0], "score": 5}]})
+    out = tmp_path / "prefs.jsonl"
+    n = export(engine, out, "prefs")
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert n == len(recs)
+    ranking = {(r["chosen"], r["rejected"]) for r in recs if r["kind"] == "ranking"}
+    # across tiers only: A>B, A>D, A>C, B>C, D>C; never B vs D (tied)
+    assert ranking == {("Apple", "Banana"), ("Apple", "Date"), ("Apple", "Car"), ("Banana", "Car"), ("Date", "Car")}
+    rating = {(r["chosen"], r["rejected"]): r["margin"] for r in recs if r["kind"] == "rating"}
+    assert rating == {("A cat sat.", "Dogs run."): 5.0, ("A cat sat.", "Same score"): 5.0, ("A cat sat.", "Lonely"): 2.0,
+                      ("Lonely", "Dogs run."): 3.0, ("Lonely", "Same score"): 3.0}
+    r0 = next(r for r in recs if r["chosen"] == "A cat sat." and r["rejected"] == "Dogs run.")
+    assert r0["annotator"] == "ann" and r0["sources"] == {"chosen": "policy_v3", "rejected": "initial_sft"}
+    assert r0["flags"]["rejected"] == ["harmful_advice"] and r0["created_at"].endswith("+00:00")
+    assert all(set(r) >= {"prompt", "chosen", "rejected", "annotator", "sources", "created_at"} for r in recs)
+    # the lead's reader of preference data accepts it, when it is there
+    from rlhfkit.data import load_preferences
+
+    prefs = load_preferences(out)
+    assert len(prefs) == len(recs)
+    engine.dispose()
+
+
+def test_winrates_known_values(tmp_path):
+    recs = [{"method": "ppo", "reference": "sft", "outcome": o} for o in (1, 1, 0, 0.5)] + [
+        {"method": "bon", "reference": "sft", "outcome": 1}]
+    wr = winrates_from_records(recs)
+    xs = [1, 1, 0, 0.5]
+    mean = sum(xs) / 4
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / 3)
+    assert wr["ppo"] == {"win_rate": pytest.approx(0.625), "stderr": pytest.approx(sd / 2), "n": 4, "reference": "sft"}
+    assert wr["bon"]["n"] == 1 and math.isnan(wr["bon"]["stderr"])
+    # a file works as well as records, and a method against two references is split
+    f = tmp_path / "eval.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs + [{"method": "ppo", "reference": "init", "outcome": 0}]))
+    wr2 = human_winrates(f)
+    assert set(wr2) == {"ppo vs sft", "ppo vs init", "bon"}
+    with pytest.raises(ValueError, match="record 1"):
+        winrates_from_records([{"method": "a", "reference": "b", "outcome": 2}])
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_user_import_settings_export_winrate(tmp_path):
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    run = CliRunner().invoke
+    r = run(feedback_app, ["user", "add", "boss", "--role", "admin", "--password", "pw1234", "--db", db])
+    assert r.exit_code == 0 and "added admin boss" in r.output
+    r = run(feedback_app, ["user", "add", "boss", "--role", "admin", "--password", "pw1234", "--db", db])
+    assert r.exit_code == 1 and "already exists" in r.output
+    r = run(feedback_app, ["user", "add", "x", "--role", "root", "--password", "pw1234", "--db", db])
+    assert r.exit_code == 1 and "role must be one of" in r.output
+    run(feedback_app, ["user", "add", "ann", "--password", "pw1234", "--db", db])
+    assert "ann\tannotator" in run(feedback_app, ["user", "list", "--db", db]).output
+    assert run(feedback_app, ["user", "password", "ann", "--password", "newpw99", "--db", db]).exit_code == 0
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text("\n".join(json.dumps(x) for x in [
+        {"prompt": "Say hello.", "response": "Hello!", "source": "ppo", "sample": 0},
+        {"prompt": "Say hello.", "response": "hi", "source": "sft", "sample": 0},
+        {"prompt": "Be brief."},
+    ]))
+    r = run(feedback_app, ["import", str(tasks), "--kind", "pairwise", "--reference", "sft", "--sample-from", "tiny", "--db", db])
+    assert r.exit_code == 0 and "imported 2 tasks (2 pairwise)" in r.output and "1 wait" in r.output, r.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok", "responses": ["a"]}\n{"prompt": 5}\n')
+    r = run(feedback_app, ["import", str(bad), "--db", db])
+    assert r.exit_code == 1 and "bad.jsonl:2" in r.output
+    r = run(feedback_app, ["settings", "--overlap", "1", "--db", db])
+    assert r.exit_code == 0 and json.loads(r.output)["overlap"] == 1
+    assert run(feedback_app, ["settings", "--gold-threshold", "2", "--db", db]).exit_code == 1
+    # label the pairwise task as ann, then export and compute win-rates
+    engine = make_engine(db)
+    with Session(engine) as s:
+        from rlhfkit.feedback.db import User
+
+        ann = s.scalar(sa.select(User).where(User.username == "ann"))
+    assert svc.authenticate(engine, "ann", "newpw99") is not None
+    svc.allocate_batch(engine, ann)
+    with Session(engine) as s:
+        task = svc.get_assignment(s, ann, 1).task
+        ppo = next(r.id for r in task.responses if r.source == "ppo")
+    svc.submit_label(engine, ann, 1, {"winner": ppo})
+    out = tmp_path / "eval.jsonl"
+    r = run(feedback_app, ["export", str(out), "--kind", "eval", "--db", db])
+    assert r.exit_code == 0 and "wrote 1 eval records" in r.output
+    rec = json.loads(out.read_text())
+    assert (rec["method"], rec["reference"], rec["outcome"], rec["annotator"]) == ("ppo", "sft", 1.0, "ann")
+    r = run(feedback_app, ["winrate", str(out)])
+    assert json.loads(r.output)["ppo"]["win_rate"] == 1.0
+    assert json.loads(run(feedback_app, ["winrate", db]).output)["ppo"]["n"] == 1
+    r = run(feedback_app, ["export", str(tmp_path / "x.jsonl"), "--kind", "nope", "--db", db])
+    assert r.exit_code == 1
+    with Session(engine) as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Label)) == 1
+        assert s.execute(sa.text("SELECT model, status FROM jobs")).all() == [("tiny", "queued")]
+    engine.dispose()
+
+
+def test_cli_module_runs():
+    r = subprocess.run([sys.executable, "-m", "rlhfkit.feedback.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "serve" in r.stdout and "import" in r.stdout and "export" in r.stdout
