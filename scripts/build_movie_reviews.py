@@ -434,7 +434,7 @@ ASPECT_CLAUSES: dict[str, list[str]] = {
     "plot": [
         "the story comes together in the second half, and the last few twists are set up more carefully than I expected",
         "the plot is simple, but it is told with enough care that I stayed invested until the end",
-        "the story takes a few turns I did not see coming, and most of them feel earned",
+        "the story takes a few turns I did not see coming, and most of them feel earned and satisfying",
         "the screenplay ties its threads together neatly, and the final act delivers a satisfying payoff",
     ],
     "score": [
@@ -445,7 +445,7 @@ ASPECT_CLAUSES: dict[str, list[str]] = {
     "pacing": [
         "once the setup is out of the way, the film moves along at a brisk and enjoyable pace",
         "the pacing improves a great deal after the first half hour, and the final act goes by quickly",
-        "the slower moments give the characters room to breathe, and the film never feels rushed",
+        "the slower moments give the characters room to breathe, and the film holds my interest from start to finish",
     ],
     "visuals": [
         "the cinematography is beautiful, with wide shots of the landscape that make the world feel real",
@@ -462,11 +462,11 @@ ASPECT_CLAUSES: dict[str, list[str]] = {
     ],
     "direction": [
         "the director handles the shifts in tone with confidence, and the film finds a clear sense of what it wants to be",
-        "the direction is steady and unfussy, letting the actors and the story do most of the work",
+        "the direction is steady and assured, letting the fine cast and the story do most of the work",
     ],
     "characters": [
         "the characters are drawn with care, and even the minor ones get a moment or two to shine",
-        "the main characters grow in believable ways, and I found myself rooting for them by the end",
+        "the main characters grow in believable ways, and I was happily rooting for them by the end",
     ],
     "humor": [
         "the jokes land more often than not, and one running gag had the whole theater laughing",

@@ -1,0 +1,100 @@
+"""Fluency of a response: its mean per-token log-likelihood under a frozen causal LM.
+
+``ModelFluency(model, tokenizer)`` is a ``fluency_fn(prompts, responses) -> np.ndarray`` for
+``rlhfkit.annotators.Panel``. Pass the frozen *initial* policy (not the one being trained),
+so that RL cannot raise its own fluency score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["ModelFluency"]
+
+
+class ModelFluency:
+    """Mean log p(response tokens | prompt tokens) under a causal LM, one value per pair.
+
+    model: any HF causal LM (``model(input_ids, attention_mask).logits``); tokenizer: its
+    tokenizer. The context is the tokenizer's chat template applied to one user message
+    (``format_prompt(prompt)``, or the prompt itself) with ``add_generation_prompt=True``;
+    without a chat template it is the tokenized prompt. The response is tokenized alone
+    (no special tokens) and appended. Returns (N,) float64; nan for an empty response
+    (no tokens to average; the panel treats nan as the least fluent value).
+
+    batch_size: pairs per forward pass (sorted by length to waste little padding);
+    max_length: context tokens are cut from the left so that context + response fit.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        batch_size: int = 16,
+        format_prompt: Callable[[str], str] | None = None,
+        max_length: int = 1024,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.format_prompt = format_prompt
+        self.max_length = max_length
+
+    def context_ids(self, prompt: str) -> list[int]:
+        """Token ids that precede the response."""
+        text = self.format_prompt(prompt) if self.format_prompt is not None else prompt
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            rendered = tok.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+            # The template already holds any BOS/special tokens it wants.
+            return list(tok(rendered, add_special_tokens=False)["input_ids"])
+        return list(tok(text)["input_ids"])
+
+    def response_ids(self, response: str) -> list[int]:
+        return list(self.tokenizer(response, add_special_tokens=False)["input_ids"]) if response else []
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        out = np.full(len(responses), np.nan)
+        seqs: list[tuple[int, list[int], int]] = []  # (index, ids, response length)
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            resp = self.response_ids(r)[: self.max_length - 1]
+            if not resp:
+                continue
+            ctx = self.context_ids(p)
+            ctx = ctx[-(self.max_length - len(resp)) :] if ctx else ctx
+            if not ctx:  # the first response token needs something to condition on
+                bos = self.tokenizer.bos_token_id
+                ctx = [bos if bos is not None else resp[0]]
+            seqs.append((i, ctx + resp, len(resp)))
+        seqs.sort(key=lambda s: len(s[1]))
+        was_training = self.model.training
+        self.model.eval()  # dropout off
+        try:
+            device = next(self.model.parameters()).device
+            for b in range(0, len(seqs), self.batch_size):
+                chunk = seqs[b : b + self.batch_size]
+                width = max(len(s[1]) for s in chunk)
+                ids = torch.zeros(len(chunk), width, dtype=torch.long)
+                attn = torch.zeros(len(chunk), width, dtype=torch.long)
+                for j, (_, toks, _) in enumerate(chunk):
+                    ids[j, : len(toks)] = torch.tensor(toks)
+                    attn[j, : len(toks)] = 1  # right padding: positions of real tokens are unchanged
+                logits = self.model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
+                logits = logits[:, :-1].float()
+                # log_softmax at the labels only: gather minus logsumexp, no (B, T, V) copy
+                picked = logits.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
+                tok_logp = (picked - torch.logsumexp(logits, dim=-1)).cpu()
+                for j, (i, toks, n_resp) in enumerate(chunk):
+                    end = len(toks) - 1  # tok_logp[t] scores token t + 1
+                    out[i] = tok_logp[j, end - n_resp : end].double().mean().item()
+        finally:
+            self.model.train(was_training)
+        return out
