@@ -94,7 +94,7 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
             if step % cfg.log_every == 0 or step == total:
                 log.log(step, metrics, {**timer.t, "tokens_per_s": tokens / max(sum(timer.t.values()), 1e-9)})
             bar.update(task, advance=1, info=f"loss {metrics['loss']:.3f}")
-            if cfg.save_every and step % cfg.save_every == 0 and step < total:
+            if cfg.save_every and (step % cfg.save_every == 0 or step == total):
                 _checkpoint(accelerator, model, tokenizer, optimizer, scheduler, batches, step, out)
     log.close()
     if accelerator.is_main_process:

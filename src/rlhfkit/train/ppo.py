@@ -1,0 +1,311 @@
+"""PPO for language models (Ziegler et al. 2019; Ouyang et al. 2022; Huang et al. 2024, "The N+
+implementation details of RLHF with PPO").
+
+for iteration = 1, 2, ...:
+  1. sample responses from the current policy pi_old (left-padded prompts, rows stop at EOS)
+  2. score them: reward model (or any callable) at the last token, minus beta * KL to the frozen
+     initial policy at every token -- the KL penalty lives inside the reward
+  3. estimate advantages with GAE from the critic's values; whiten them
+  4. optimise the clipped objective for K epochs of minibatches; pi_old <- pi
+The actor and critic share one backbone (a value head on the last hidden state).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from rlhfkit import ops
+from rlhfkit.config import PPOConfig
+from rlhfkit.data import load_prompts
+from rlhfkit.models import PolicyWithValue, is_peft, load_causal_lm, load_tokenizer
+from rlhfkit.rollout import GenerationConfig, Rollout, autocast_context, forward_response, generate
+from rlhfkit.train.common import (
+    Batches, MetricsLog, Timer, latest_checkpoint, load_trainer_state, lora_settings, make_accelerator,
+    make_optimizer, progress_bar, rng_state, save_trainer_state, seed_everything, set_rng_state, write_run_info,
+)
+from rlhfkit.train.sft import save_model
+
+RewardFn = Callable[[list[str], list[str]], torch.Tensor]
+
+
+class KLController:
+    """Fixed beta, or Ziegler et al.'s adaptive controller:
+    e = clip(KL / target - 1, -0.2, 0.2); beta <- beta * (1 + e * n / horizon)."""
+
+    def __init__(self, init: float, adaptive: bool = False, target: float = 6.0, horizon: int = 10000):
+        self.value, self.adaptive, self.target, self.horizon = init, adaptive, target, horizon
+
+    def update(self, kl: float, n_samples: int) -> None:
+        if self.adaptive:
+            err = min(max(kl / self.target - 1.0, -0.2), 0.2)
+            self.value *= 1.0 + err * n_samples / self.horizon
+
+
+def load_reward_fn(spec: str) -> RewardFn:
+    """'package.module:function' -> the callable (prompts, responses) -> scores."""
+    if ":" not in spec:
+        raise ValueError(f"--reward-fn {spec!r}: expected 'module:function'")
+    mod, name = spec.split(":", 1)
+    fn = getattr(importlib.import_module(mod), name, None)
+    if not callable(fn):
+        raise ValueError(f"--reward-fn {spec!r}: {name} is not a callable in {mod}")
+    return fn
+
+
+def as_scores(x, n: int) -> torch.Tensor:
+    t = torch.as_tensor(x, dtype=torch.float32).flatten().cpu()
+    if t.numel() != n:
+        raise ValueError(f"the reward returned {t.numel()} scores for {n} responses")
+    return t
+
+
+class PPOTrainer:
+    """Holds the policy+value model, the reference, the optimiser and the loop state; ``step()`` is one
+    PPO iteration. ``reward_fn`` is any ``(prompts, responses) -> (B,) scores``; ``gold_fn`` (optional,
+    same shape) is only logged, never optimised -- it draws the over-optimisation curve."""
+
+    def __init__(self, cfg: PPOConfig, reward_fn: RewardFn, prompts: list[str], gold_fn: RewardFn | None = None,
+                 progress: bool = True):
+        self.cfg, self.reward_fn, self.gold_fn, self.prompts, self.show_progress = cfg, reward_fn, gold_fn, prompts, progress
+        self.out = Path(cfg.out)
+        self.accelerator = make_accelerator(cfg)
+        seed_everything(cfg.seed)
+        resume_ckpt = latest_checkpoint(cfg.resume) if cfg.resume else None
+        self.tokenizer = load_tokenizer(cfg.model)
+        lm = load_causal_lm(resume_ckpt / "model" if resume_ckpt else cfg.model, lora=lora_settings(cfg))
+        self.policy = PolicyWithValue(lm)
+        # the reference: with LoRA, the same network with adapters off; otherwise a frozen copy
+        self.ref = None if is_peft(lm) else load_causal_lm(cfg.model, trainable=False)
+        if resume_ckpt:
+            self.policy.value_head.load_state_dict(load_file(str(resume_ckpt / "value_head.safetensors")))
+        self.optimizer, _ = make_optimizer(self.policy.parameters(), cfg.lr)
+        self.policy, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
+        if self.ref is not None:
+            self.ref.to(self.accelerator.device)
+        self.kl_ctl = KLController(cfg.init_kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
+        # each process samples its own share of a batch
+        self.batches = Batches(len(prompts), cfg.batch_size, cfg.seed, drop_last=len(prompts) >= cfg.batch_size)
+        self.generator = torch.Generator().manual_seed(cfg.seed + 7919 * self.accelerator.process_index)
+        self.gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                        batch_size=cfg.batch_size, system_prompt=cfg.system_prompt)
+        self.bf16 = cfg.mixed_precision == "bf16"
+        self.step_count = 0
+        if resume_ckpt:
+            st = load_trainer_state(resume_ckpt)
+            self.optimizer.load_state_dict(st["optimizer"])
+            self.batches.load(st["data"])
+            self.kl_ctl.value = st["kl_coef"]
+            set_rng_state(st["rng"], self.generator)
+            self.step_count = st["step"]
+        self.resumed = resume_ckpt is not None
+
+    # ---- the pieces of one iteration ------------------------------------------------------------
+
+    @property
+    def unwrapped(self) -> PolicyWithValue:
+        return self.accelerator.unwrap_model(self.policy)
+
+    def sample(self, prompts: list[str]) -> Rollout:
+        return generate(self.unwrapped.lm, self.tokenizer, prompts, self.gen_cfg, generator=self.generator, bf16=self.bf16)
+
+    @torch.no_grad()
+    def score_logprobs_values(self, ro: Rollout):
+        """pi_old log-probs and values, and the reference's log-probs, at the sampling temperature."""
+        args = (ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask)
+        mb = max(self.cfg.minibatch_size, 1) * 2
+        old_logp, values, ref_logp = [], [], []
+        policy = self.unwrapped
+        policy.eval()
+        for i in range(0, len(ro), mb):
+            part = [a[i : i + mb] for a in args]
+            with autocast_context(self.accelerator.device, self.bf16):
+                o = forward_response(policy, *part, temperature=self.cfg.temperature, with_values=True)
+                if self.ref is None:
+                    with policy.lm.disable_adapter():
+                        r = forward_response(policy.lm, *part, temperature=self.cfg.temperature)
+                else:
+                    r = forward_response(self.ref, *part, temperature=self.cfg.temperature)
+            old_logp.append(o["logprobs"].float())
+            values.append(o["values"].float())
+            ref_logp.append(r["logprobs"].float())
+        policy.train()
+        mask = ro.response_mask.float()
+        return torch.cat(old_logp) * mask, torch.cat(values) * mask, torch.cat(ref_logp) * mask
+
+    def step(self) -> dict:
+        cfg, acc = self.cfg, self.accelerator
+        timer = Timer()
+        idx = self.batches.next()
+        idx = idx[acc.process_index :: acc.num_processes]
+        prompts = [self.prompts[i] for i in idx]
+        # 1. sample
+        with timer("time_generate"):
+            ro = self.sample(prompts)
+        mask = ro.response_mask.float()
+        # 2. score (reward model or callable), then the per-token KL penalty inside the reward
+        with timer("time_reward"):
+            scores = as_scores(self.reward_fn(prompts, ro.responses), len(prompts))
+            if cfg.missing_eos_penalty:
+                scores = scores - cfg.missing_eos_penalty * (~ro.ended).float()
+            gold = as_scores(self.gold_fn(prompts, ro.responses), len(prompts)) if self.gold_fn else None
+        with timer("time_ref_values"):
+            old_logp, old_values, ref_logp = self.score_logprobs_values(ro)
+        beta = self.kl_ctl.value
+        rewards = ops.kl_shaped_rewards(scores, old_logp, ref_logp, mask, beta, kind=cfg.kl_penalty)
+        if cfg.whiten_rewards:
+            rewards = ops.masked_whiten(rewards, mask, shift_mean=False) * mask
+        # 3. advantages (GAE), whitened over the batch
+        advantages, returns = ops.gae(rewards, old_values, mask, gamma=cfg.gamma, lam=cfg.lam)
+        advantages = ops.masked_whiten(advantages, mask) * mask
+        # 4. K epochs of minibatch updates
+        with timer("time_update"):
+            stats = self.update(ro, old_logp, old_values, advantages, returns)
+        # KL to the reference (nats per sequence), both estimators
+        kl_k1 = (ops.kl_penalty(old_logp, ref_logp, "k1") * mask).sum(1).mean().item()
+        kl_k3 = (ops.kl_penalty(old_logp, ref_logp, "k3") * mask).sum(1).mean().item()
+        self.kl_ctl.update(kl_k1, len(prompts) * acc.num_processes)
+        self.step_count += 1
+        n_tokens = int(mask.sum())
+        metrics = {
+            "score": scores.mean().item(),
+            "score_std": scores.std().item() if len(scores) > 1 else 0.0,
+            "kl_k1": kl_k1,
+            "kl_k3": kl_k3,
+            "kl_coef": beta,
+            "non_score_reward": (rewards.sum(1) - scores).mean().item(),
+            "response_length": mask.sum(1).mean().item(),
+            "eos_rate": ro.ended.float().mean().item(),
+            "advantage_mean_raw": ops.masked_mean(returns - old_values, mask).item(),
+            **stats,
+        }
+        if gold is not None:
+            metrics["gold"] = gold.mean().item()
+        metrics = self._reduce(metrics)
+        timings = {**timer.t, "tokens_per_s": n_tokens / max(timer.t["time_generate"], 1e-9)}
+        self.last_samples = list(zip(prompts, ro.responses, scores.tolist()))
+        return {"metrics": metrics, "timings": timings}
+
+    def update(self, ro: Rollout, old_logp, old_values, advantages, returns) -> dict:
+        cfg, acc = self.cfg, self.accelerator
+        mask = ro.response_mask.float()
+        B = len(ro)
+        mb = max(1, min(cfg.minibatch_size, B))
+        sums: dict[str, float] = {}
+        n_mb, epochs_done = 0, 0
+        for epoch in range(cfg.ppo_epochs):
+            perm = torch.randperm(B, generator=self.generator).tolist()
+            approx = []
+            for i in range(0, B, mb):
+                j = torch.tensor(perm[i : i + mb])
+                m = mask[j]
+                out = forward_response(self.policy, ro.prompt_ids[j], ro.prompt_mask[j], ro.response_ids[j],
+                                       ro.response_mask[j], temperature=cfg.temperature, with_values=True, with_entropy=True)
+                logp, values = out["logprobs"].float(), out["values"].float()
+                pg_loss, pg_clip = ops.ppo_policy_loss(logp, old_logp[j], advantages[j], m, cfg.clip_eps)
+                vf_loss, vf_clip = ops.ppo_value_loss(values, old_values[j], returns[j], m, cfg.clip_eps_value)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                acc.backward(loss)
+                if cfg.max_grad_norm:
+                    acc.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+                with torch.no_grad():
+                    log_ratio = (logp - old_logp[j]) * m
+                    # k3 estimate of KL(pi_old || pi): unbiased and never negative (Schulman, "Approximating KL")
+                    approx_kl = ops.masked_mean(torch.exp(log_ratio) - 1 - log_ratio, m).item()
+                approx.append(approx_kl)
+                for k, v in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("clip_frac", pg_clip),
+                             ("value_clip_frac", vf_clip), ("entropy", ops.masked_mean(out["entropy"], m)),
+                             ("approx_kl", approx_kl),
+                             ("explained_var", ops.explained_variance(values.detach(), returns[j], m))):
+                    v = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+                    if math.isfinite(v):
+                        sums[k] = sums.get(k, 0.0) + v
+                n_mb += 1
+            epochs_done += 1
+            if cfg.target_kl and sum(approx) / len(approx) > cfg.target_kl:
+                break  # the policy moved far enough from pi_old for this batch
+        stats = {k: v / n_mb for k, v in sums.items()}
+        stats["ppo_epochs_done"] = epochs_done
+        return stats
+
+    def _reduce(self, metrics: dict) -> dict:
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return metrics
+        keys = sorted(metrics)
+        t = torch.tensor([float(metrics[k]) for k in keys], device=acc.device)
+        t = acc.reduce(t, reduction="mean")
+        return dict(zip(keys, t.tolist()))
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+
+    def checkpoint(self, path: Path | None = None) -> Path:
+        ckpt = path or self.out / f"checkpoint-{self.step_count}"
+        if self.accelerator.is_main_process:
+            save_model(self.accelerator, self.unwrapped.lm, self.tokenizer, ckpt / "model", merge=False)
+            save_file({k: v.contiguous() for k, v in self.unwrapped.value_head.state_dict().items()}, str(ckpt / "value_head.safetensors"))
+            save_trainer_state(ckpt, {"step": self.step_count, "optimizer": self.optimizer.state_dict(),
+                                      "data": self.batches.state(), "kl_coef": self.kl_ctl.value,
+                                      "rng": rng_state(self.generator)})
+        return ckpt
+
+    def save_final(self) -> None:
+        if self.accelerator.is_main_process:
+            save_model(self.accelerator, self.unwrapped.lm, self.tokenizer, self.out, merge=True)
+            save_file({k: v.contiguous() for k, v in self.unwrapped.value_head.state_dict().items()}, str(self.out / "value_head.safetensors"))
+
+    # ---- the loop -----------------------------------------------------------------------------------
+
+    def train(self) -> Path:
+        cfg, acc = self.cfg, self.accelerator
+        if acc.is_main_process:
+            write_run_info(self.out, cfg, model=cfg.model, reward=cfg.reward_model or cfg.reward_fn, prompts=cfg.prompts)
+        log = MetricsLog(self.out, acc.is_main_process, resume_step=self.step_count if self.resumed else None)
+        stop_reason = "steps"
+        bar = progress_bar(cfg.steps, "PPO", disable=not (self.show_progress and acc.is_main_process))
+        with bar:
+            task = bar.add_task("PPO", total=cfg.steps, completed=self.step_count, info="")
+            while self.step_count < cfg.steps:
+                res = self.step()
+                m = res["metrics"]
+                if self.step_count % cfg.log_every == 0 or self.step_count == cfg.steps:
+                    log.log(self.step_count, m, res["timings"])
+                info = f"score {m['score']:+.3f}  KL {m['kl_k1']:.2f}"
+                if "gold" in m:
+                    info += f"  gold {m['gold']:+.3f}"
+                bar.update(task, advance=1, info=info)
+                if cfg.save_every and self.step_count % cfg.save_every == 0:
+                    self.checkpoint()
+                if cfg.max_kl and m["kl_k1"] > cfg.max_kl:
+                    stop_reason = f"KL {m['kl_k1']:.2f} passed max_kl {cfg.max_kl}"
+                    break
+        log.close()
+        if cfg.save_every and self.step_count % cfg.save_every != 0:
+            self.checkpoint()  # and at the end, so that a finished run can be extended with --resume
+        self.save_final()
+        if acc.is_main_process:
+            (self.out / "ppo_summary.json").write_text(json.dumps({"steps": self.step_count, "stopped": stop_reason}) + "\n")
+        acc.wait_for_everyone()
+        return self.out
+
+
+def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, gold_fn: RewardFn | None = None, progress: bool = True) -> Path:
+    prompts = [r["prompt"] for r in load_prompts(cfg.prompts)]  # malformed lines stop here
+    if reward_fn is None:
+        if cfg.reward_fn:
+            reward_fn = load_reward_fn(cfg.reward_fn)
+        elif cfg.reward_model:
+            from rlhfkit.train.reward import RewardScorer
+
+            reward_fn = RewardScorer.load(cfg.reward_model, cfg.system_prompt, cfg.reward_batch_size, bf16=cfg.mixed_precision == "bf16")
+        else:
+            raise ValueError("PPO needs a reward: --reward-model DIR or --reward-fn module:function")
+    return PPOTrainer(cfg, reward_fn, prompts, gold_fn, progress).train()

@@ -1,0 +1,225 @@
+"""Reward model: Bradley-Terry on preference pairs.
+
+p(y_w > y_l | x) = sigmoid(r(x, y_w) - r(x, y_l)). A K-way ranking gives all K(K-1)/2 pairs; the pairs of
+one prompt stay in one batch and each response is scored once per step (InstructGPT: scoring K responses
+for K(K-1)/2 comparisons is the cheap way, and it avoids overfitting from seeing one response in many
+separate batches).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from rlhfkit import ops
+from rlhfkit.config import RewardConfig
+from rlhfkit.data import Preference, load_preferences, read_jsonl
+from rlhfkit.models import RewardModel, load_tokenizer
+from rlhfkit.rollout import encode_prompts, encode_responses
+from rlhfkit.train.common import (
+    Batches, MetricsLog, Timer, latest_checkpoint, load_trainer_state, make_accelerator, make_optimizer,
+    progress_bar, rng_state, save_trainer_state, seed_everything, set_rng_state, write_run_info,
+)
+
+
+def encode_pairs_input(tokenizer, prompts: list[str], responses: list[str], cfg, device="cpu"):
+    """(prompt, response) texts -> (ids, mask) of chat prompt + response + EOS; prompts left-padded,
+    responses right-padded, so the attention mask marks exactly the real tokens."""
+    p_ids, p_mask = encode_prompts(tokenizer, prompts, cfg.system_prompt, device)
+    p_ids, p_mask = p_ids[:, -cfg.max_prompt_tokens :], p_mask[:, -cfg.max_prompt_tokens :]
+    r_ids, r_mask = encode_responses(tokenizer, responses, True, cfg.max_completion_tokens, device)
+    return torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1)
+
+
+class RewardScorer:
+    """A reward model as the policy trainers see it: ``(prompts, responses) -> (B,) normalised scores``."""
+
+    def __init__(self, rm: RewardModel, tokenizer, cfg=None, batch_size: int = 32, bf16: bool = False):
+        from types import SimpleNamespace
+
+        self.rm, self.tokenizer, self.batch_size, self.bf16 = rm, tokenizer, batch_size, bf16
+        self.cfg = cfg or SimpleNamespace(system_prompt=None, max_prompt_tokens=256, max_completion_tokens=128)
+        rm.eval()
+
+    @classmethod
+    def load(cls, path, system_prompt=None, batch_size: int = 32, bf16: bool = False) -> "RewardScorer":
+        from types import SimpleNamespace
+
+        rm = RewardModel.from_pretrained(path)
+        rm.requires_grad_(False)
+        cfg = SimpleNamespace(system_prompt=system_prompt, max_prompt_tokens=256, max_completion_tokens=128)
+        return cls(rm, load_tokenizer(path), cfg, batch_size, bf16)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], responses: list[str], normalize: bool = True) -> torch.Tensor:
+        from rlhfkit.rollout import autocast_context
+
+        device = next(self.rm.parameters()).device
+        out = []
+        for i in range(0, len(prompts), self.batch_size):
+            ids, mask = encode_pairs_input(self.tokenizer, prompts[i : i + self.batch_size], responses[i : i + self.batch_size], self.cfg, device)
+            with autocast_context(device, self.bf16):
+                out.append(self.rm(ids, mask, normalize=normalize).float())
+        return torch.cat(out) if out else torch.zeros(0)
+
+
+def group_pairs(pairs: list[Preference]) -> list[list[Preference]]:
+    groups: dict[int, list[Preference]] = defaultdict(list)
+    for p in pairs:
+        groups[p.group].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+def batch_loss(rm: RewardModel, tokenizer, groups: list[list[Preference]], cfg, use_margin: bool, device):
+    """Score every distinct (prompt, response) of the groups once; Bradley-Terry over their pairs.
+    Returns (loss, accuracy, mean chosen-rejected gap)."""
+    key_index: dict[tuple[str, str], int] = {}
+    texts: list[tuple[str, str]] = []
+    ci, ri, margins = [], [], []
+    for g in groups:
+        for p in g:
+            for resp, dest in ((p.chosen, ci), (p.rejected, ri)):
+                k = (p.prompt, resp)
+                if k not in key_index:
+                    key_index[k] = len(texts)
+                    texts.append(k)
+                dest.append(key_index[k])
+            margins.append(p.margin if (use_margin and p.margin is not None) else 0.0)
+    ids, mask = encode_pairs_input(tokenizer, [t[0] for t in texts], [t[1] for t in texts], cfg, device)
+    scores = rm(ids, mask)
+    chosen, rejected = scores[torch.tensor(ci)], scores[torch.tensor(ri)]
+    margin = torch.tensor(margins, dtype=scores.dtype, device=scores.device) if use_margin else None
+    loss = ops.bradley_terry_loss(chosen, rejected, margin)
+    gap = (chosen - rejected).detach()
+    return loss, (gap > 0).float().mean().item(), gap.mean().item()
+
+
+@torch.no_grad()
+def evaluate(rm, tokenizer, groups, cfg, device, batch_groups: int = 16) -> dict:
+    """Held-out pairwise accuracy (ties count as wrong) and loss."""
+    rm.eval()
+    n, correct, loss_sum = 0, 0.0, 0.0
+    for i in range(0, len(groups), batch_groups):
+        chunk = groups[i : i + batch_groups]
+        k = sum(len(g) for g in chunk)
+        loss, acc, _ = batch_loss(rm, tokenizer, chunk, cfg, False, device)
+        n, correct, loss_sum = n + k, correct + acc * k, loss_sum + loss.item() * k
+    rm.train()
+    return {"eval_accuracy": correct / max(n, 1), "eval_loss": loss_sum / max(n, 1), "eval_pairs": n}
+
+
+def reference_texts(cfg: RewardConfig, pairs: list[Preference]) -> list[tuple[str, str]]:
+    if cfg.reference:
+        rows = read_jsonl(cfg.reference)
+        out = []
+        for n, r in rows:
+            if not isinstance(r.get("prompt"), str) or not isinstance(r.get("response"), str):
+                raise ValueError(f'{cfg.reference}:{n}: need string "prompt" and "response"')
+            out.append((r["prompt"], r["response"]))
+        return out
+    seen = dict.fromkeys((p.prompt, r) for p in pairs for r in (p.chosen, p.rejected))
+    return list(seen)
+
+
+def freeze_lower_layers(rm: RewardModel, train_top_layers: int) -> None:
+    """Train only the top N blocks, the final norm and the head: backward stops N blocks deep."""
+    if not train_top_layers:
+        return
+    backbone, head = rm._parts()
+    rm.requires_grad_(False)
+    layers = backbone.layers
+    for layer in list(layers)[-train_top_layers:]:
+        layer.requires_grad_(True)
+    if hasattr(backbone, "norm"):
+        backbone.norm.requires_grad_(True)
+    head.requires_grad_(True)
+
+
+def train_reward(cfg: RewardConfig, progress: bool = True) -> Path:
+    out = Path(cfg.out)
+    accelerator = make_accelerator(cfg, cfg.grad_accum)
+    seed_everything(cfg.seed)
+    pairs = load_preferences(cfg.data)  # malformed lines stop here, before any model is loaded
+    groups = group_pairs(pairs)
+    if cfg.eval_data:
+        train_groups, eval_groups = groups, group_pairs(load_preferences(cfg.eval_data))
+    else:
+        order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        n_eval = int(round(cfg.eval_fraction * len(groups))) if len(groups) > 1 else 0
+        eval_groups = [groups[i] for i in order[:n_eval]]
+        train_groups = [groups[i] for i in order[n_eval:]]
+    resume_ckpt = latest_checkpoint(cfg.resume) if cfg.resume else None
+    tokenizer = load_tokenizer(cfg.model)
+    rm = RewardModel.from_pretrained(resume_ckpt / "model" if resume_ckpt else cfg.model)
+    freeze_lower_layers(rm, cfg.train_top_layers)
+    rm.train()
+    steps_per_epoch = math.ceil(len(train_groups) / (cfg.batch_size * cfg.grad_accum))
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    optimizer, scheduler = make_optimizer(rm.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps)
+    rm, optimizer, scheduler = accelerator.prepare(rm, optimizer, scheduler)
+    batches = Batches(len(train_groups), cfg.batch_size, cfg.seed)
+    step = 0
+    if resume_ckpt:
+        st = load_trainer_state(resume_ckpt)
+        optimizer.load_state_dict(st["optimizer"])
+        scheduler.load_state_dict(st["scheduler"])
+        batches.load(st["data"])
+        set_rng_state(st["rng"])
+        step = st["step"]
+    if accelerator.is_main_process:
+        write_run_info(out, cfg, model=cfg.model, data=cfg.data, pairs=len(pairs), groups=len(groups),
+                       train_groups=len(train_groups), eval_groups=len(eval_groups))
+    log = MetricsLog(out, accelerator.is_main_process, resume_step=step if resume_ckpt else None)
+    inner = accelerator.unwrap_model(rm)
+    bar = progress_bar(total, "reward model", disable=not (progress and accelerator.is_main_process))
+    with bar:
+        task = bar.add_task("reward model", total=total, completed=step, info="")
+        while step < total:
+            timer = Timer()
+            losses, accs = [], []
+            for _ in range(cfg.grad_accum):
+                chunk = [train_groups[i] for i in batches.next()]
+                with accelerator.accumulate(rm), timer("update"):
+                    loss, acc, gap = batch_loss(rm, tokenizer, chunk, cfg, cfg.use_margin, accelerator.device)
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                losses.append(loss.item())
+                accs.append(acc)
+            step += 1
+            metrics = {"loss": sum(losses) / len(losses), "accuracy": sum(accs) / len(accs), "gap": gap, "lr": scheduler.get_last_lr()[0]}
+            if eval_groups and (step == total or (cfg.log_every and step % max(cfg.log_every * 10, 10) == 0)):
+                with timer("eval"):
+                    metrics.update(evaluate(inner, tokenizer, eval_groups, cfg, accelerator.device))
+            if step % cfg.log_every == 0 or step == total:
+                log.log(step, metrics, timer.t)
+            info = f"loss {metrics['loss']:.3f} acc {metrics['accuracy']:.2f}"
+            if "eval_accuracy" in metrics:
+                info += f" held-out acc {metrics['eval_accuracy']:.3f}"
+            bar.update(task, advance=1, info=info)
+            if cfg.save_every and (step % cfg.save_every == 0 or step == total) and accelerator.is_main_process:
+                ckpt = out / f"checkpoint-{step}"
+                inner.save_pretrained(ckpt / "model")
+                tokenizer.save_pretrained(ckpt / "model")
+                save_trainer_state(ckpt, {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                          "data": batches.state(), "rng": rng_state()})
+    log.close()
+    # normalise: reference responses score mean 0, std 1 (so a KL coefficient means the same across RMs)
+    scorer = RewardScorer(inner, tokenizer, cfg, batch_size=32)
+    ref = reference_texts(cfg, pairs)
+    raw = scorer([p for p, _ in ref], [r for _, r in ref], normalize=False)
+    inner.set_normalization(raw.mean().item(), raw.std().item() if len(raw) > 1 else 1.0)
+    final = {"eval": evaluate(inner, tokenizer, eval_groups, cfg, accelerator.device) if eval_groups else {},
+             "normalization": {"mean": inner.config.rlhfkit_reward_mean, "std": inner.config.rlhfkit_reward_std, "n": len(ref)}}
+    if accelerator.is_main_process:
+        inner.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        import json
+
+        (out / "eval.json").write_text(json.dumps(final, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    return out
