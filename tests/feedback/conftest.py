@@ -136,3 +136,23 @@ RANKING_TASK = {"prompt": "Name a fruit.", "kind": "ranking", "responses": [
     {"text": "Apple", "source": "policy"}, {"text": "Banana", "source": "init"}, {"text": "Car", "source": "baseline"}]}
 PAIRWISE_TASK = {"prompt": "Say hello.", "kind": "pairwise", "reference": "sft", "responses": [
     {"text": "Hello!", "source": "ppo"}, {"text": "hi", "source": "sft"}]}
+
+
+@pytest.fixture
+def db_url_pg():
+    """A fresh schema on the test PostgreSQL server (skips without one, fails under RLHFKIT_REQUIRE_PG=1)."""
+    base = pg_url_or_skip()
+    import sqlalchemy as sa
+
+    from rlhfkit.feedback.db import normalize_url
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(normalize_url(base), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        yield _with_schema(base, schema)
+    finally:
+        with admin.connect() as c:
+            c.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()

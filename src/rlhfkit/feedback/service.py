@@ -476,6 +476,29 @@ def _first_pending(s: Session, user_id: int, attempt: int | None = 0) -> Assignm
     return s.scalar(q)
 
 
+def _candidates(s: Session, user_id: int, overlap: int, limit: int) -> list[int]:
+    """Ready, non-gold, non-chat tasks with a free overlap slot that ``user_id`` never had;
+    the most assigned first."""
+    slotted = (
+        sa.select(Assignment.task_id, sa.func.count().label("c"))
+        .where(Assignment.slot.is_not(None))
+        .group_by(Assignment.task_id)
+        .subquery()
+    )
+    mine = sa.select(Assignment.task_id).where(Assignment.user_id == user_id)
+    n_slotted = sa.func.coalesce(slotted.c.c, 0)
+    return list(s.scalars(
+        sa.select(Task.id)
+        .outerjoin(slotted, slotted.c.task_id == Task.id)
+        .where(
+            Task.status == "ready", Task.is_gold.is_(False), Task.created_by.is_(None),
+            Task.id.not_in(mine), n_slotted < overlap,
+        )
+        .order_by(n_slotted.desc(), Task.id)
+        .limit(limit)
+    ))
+
+
 def allocate_batch(engine: sa.Engine, user: User, n: int | None = None) -> int:
     """Assign up to ``n`` (default: batch_size) ready tasks to ``user``; returns how many.
 
@@ -484,43 +507,37 @@ def allocate_batch(engine: sa.Engine, user: User, n: int | None = None) -> int:
     two annotators racing for the last slot cannot both get it.
     """
     with write_session(engine) as s, s.begin():
+        if s.bind.dialect.name == "postgresql":
+            # one allocation at a time (released at commit): without it, concurrent
+            # annotators all chase the same first free slots. SQLite's BEGIN IMMEDIATE
+            # already serialises writers.
+            s.execute(sa.text("SELECT pg_advisory_xact_lock(7261002)"))
         cfg = get_settings(s)
         overlap, n = int(cfg["overlap"]), int(n or cfg["batch_size"])
-        slotted = (
-            sa.select(Assignment.task_id, sa.func.count().label("c"))
-            .where(Assignment.slot.is_not(None))
-            .group_by(Assignment.task_id)
-            .subquery()
-        )
-        mine = sa.select(Assignment.task_id).where(Assignment.user_id == user.id)
-        cands = s.execute(
-            sa.select(Task.id, sa.func.coalesce(slotted.c.c, 0))
-            .outerjoin(slotted, slotted.c.task_id == Task.id)
-            .where(
-                Task.status == "ready", Task.is_gold.is_(False), Task.created_by.is_(None),
-                Task.id.not_in(mine), sa.func.coalesce(slotted.c.c, 0) < overlap,
-            )
-            .order_by(sa.func.coalesce(slotted.c.c, 0).desc(), Task.id)
-            .limit(n * 3)
-        ).all()
         made = 0
-        for task_id, _ in cands:
-            if made >= n:
+        for _round in range(5):
+            cands = _candidates(s, user.id, overlap, (n - made) * 3)
+            progress_made = False
+            for task_id in cands:
+                if made >= n:
+                    break
+                used = set(s.scalars(sa.select(Assignment.slot).where(Assignment.task_id == task_id, Assignment.slot.is_not(None))))
+                free = [k for k in range(overlap) if k not in used]
+                if not free:
+                    continue
+                task = s.get(Task, task_id, options=[selectinload(Task.responses)])
+                try:
+                    with s.begin_nested():
+                        s.add(Assignment(
+                            task_id=task_id, user_id=user.id, slot=free[0], attempt=0, status="pending",
+                            display_order=display_order(cfg["seed"], task, user.id, 0), assigned_at=utcnow(),
+                        ))
+                except IntegrityError:
+                    continue  # somebody else took that slot a moment ago
+                made += 1
+                progress_made = True
+            if made >= n or not cands or not progress_made:
                 break
-            used = set(s.scalars(sa.select(Assignment.slot).where(Assignment.task_id == task_id, Assignment.slot.is_not(None))))
-            free = [k for k in range(overlap) if k not in used]
-            if not free:
-                continue
-            task = s.get(Task, task_id, options=[selectinload(Task.responses)])
-            try:
-                with s.begin_nested():
-                    s.add(Assignment(
-                        task_id=task_id, user_id=user.id, slot=free[0], attempt=0, status="pending",
-                        display_order=display_order(cfg["seed"], task, user.id, 0), assigned_at=utcnow(),
-                    ))
-            except IntegrityError:
-                continue  # somebody else took that slot a moment ago
-            made += 1
     return made
 
 
