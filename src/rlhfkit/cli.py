@@ -1,0 +1,166 @@
+"""``rlhfkit <command>``. Every training command takes ``--config FILE.yaml`` and one flag per option of
+its config dataclass (flags override the file); ``--help`` lists every option with its help text."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import click
+import typer
+
+from rlhfkit import config as C
+
+CLICK_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _quiet_libraries() -> None:
+    """transformers' per-load progress bars drown our own; keep errors."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+    except Exception:
+        pass
+
+
+def config_command(cls, run, name: str, help: str) -> click.Command:
+    """A click command with --config and one option per dataclass field."""
+    params = [click.Option(["--config", "config_file"], type=click.Path(exists=True, dir_okay=False),
+                           help="YAML file of options; flags given on the command line override it.")]
+    for f in dataclasses.fields(cls):
+        type_name = str(f.type).replace(" | None", "").strip()
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        text = f.metadata.get("help", "") + (f"  [default: {default}]" if default not in (None, "") else "")
+        if type_name == "bool":
+            params.append(click.Option([f"{flag}/--no-{flag[2:]}", f.name], default=None, help=text))
+        else:
+            params.append(click.Option([flag, f.name], type=CLICK_TYPES.get(type_name, str), default=None, help=text))
+
+    def callback(config_file, **kw):
+        _quiet_libraries()
+        try:
+            cfg = C.load_config(cls, config_file, kw)
+        except (ValueError, TypeError) as e:
+            raise click.UsageError(str(e))
+        _run_reporting_errors(run, cfg)
+
+    return click.Command(name, params=params, callback=callback, help=help)
+
+
+def _run_reporting_errors(run, *args):
+    from rlhfkit.data import DataError
+
+    try:
+        return run(*args)
+    except (DataError, FileNotFoundError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+def _sft(cfg):
+    from rlhfkit.train.sft import train_sft
+
+    click.echo(f"SFT model written to {train_sft(cfg)}")
+
+
+def _reward(cfg):
+    import json
+
+    from rlhfkit.train.reward import train_reward
+
+    out = train_reward(cfg)
+    ev = json.loads((out / "eval.json").read_text())
+    if ev.get("eval"):
+        click.echo(f"held-out pairwise accuracy {ev['eval']['eval_accuracy']:.3f} on {ev['eval']['eval_pairs']} pairs")
+    click.echo(f"reward model written to {out}")
+
+
+def _ppo(cfg):
+    from rlhfkit.train.ppo import train_ppo
+
+    click.echo(f"PPO policy written to {train_ppo(cfg)}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="rlhfkit")
+def app():
+    """rlhfkit: collect human feedback, train reward models, optimise policies (PPO, best-of-n, expert
+    iteration, SFT) and compare them by win-rate -- on a laptop CPU or on GPUs."""
+
+
+app.add_command(config_command(C.SFTConfig, _sft, "sft", "Supervised fine-tuning on demonstrations (loss on response tokens only)."))
+app.add_command(config_command(C.RewardConfig, _reward, "reward", "Train a Bradley-Terry reward model on preference pairs and rankings."))
+app.add_command(config_command(C.PPOConfig, _ppo, "ppo", "Optimise a policy against a reward with PPO and a per-token KL penalty."))
+
+
+@app.command("generate")
+@click.option("--model", required=True, help="Model: alias (smollm2-135m, tiny), .gguf file or model folder.")
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(exists=True, dir_okay=False), help="Prompts JSONL.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSONL: {prompt, response, source, sample} per line.")
+@click.option("--num-samples", default=1, show_default=True, help="Responses per prompt.")
+@click.option("--max-new-tokens", default=48, show_default=True, help="Longest response.")
+@click.option("--temperature", default=0.7, show_default=True, help="Sampling temperature (0: greedy).")
+@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling.")
+@click.option("--batch-size", default=32, show_default=True, help="Prompts per generation batch.")
+@click.option("--system-prompt", default=None, help="System message for chat-templated prompts.")
+@click.option("--seed", default=0, show_default=True, help="Sampling seed.")
+@click.option("--bf16/--no-bf16", default=False, show_default=True, help="bf16 autocast while sampling.")
+def generate_cmd(model, prompts_file, out, num_samples, max_new_tokens, temperature, top_p, batch_size, system_prompt, seed, bf16):
+    """Sample responses for a prompts file."""
+    _quiet_libraries()
+
+    def run():
+        from rlhfkit.data import load_prompts, write_jsonl
+        from rlhfkit.models import load_causal_lm, load_tokenizer
+        from rlhfkit.rollout import GenerationConfig, generate
+
+        prompts = [r["prompt"] for r in load_prompts(prompts_file)]
+        tok = load_tokenizer(model)
+        lm = load_causal_lm(model, trainable=False)
+        cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size,
+                               system_prompt=system_prompt)
+        expanded = [p for p in prompts for _ in range(num_samples)]
+        ro = generate(lm, tok, expanded, cfg, seed=seed, bf16=bf16)
+        rows = [{"prompt": p, "response": r, "source": str(model), "sample": i % num_samples}
+                for i, (p, r) in enumerate(zip(expanded, ro.responses))]
+        write_jsonl(out, rows)
+        click.echo(f"{len(rows)} responses written to {out}")
+
+    _run_reporting_errors(run)
+
+
+def _mount_optional_groups() -> None:
+    """Commands that live in their own wings (pipeline, eval, feedback app) mount here when present."""
+    try:
+        from rlhfkit.feedback.cli import feedback_app
+
+        app.add_command(typer.main.get_command(feedback_app), "feedback")
+    except ImportError:
+        pass
+    try:
+        from rlhfkit.pipeline_cli import register
+
+        register(app)
+    except ImportError:
+        pass
+
+
+_mount_optional_groups()
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
