@@ -56,7 +56,9 @@
     const update = () => {
       const tiers = $$(".tier .drop", form).map((d) => $$(".rcard", d).map((c) => parseInt(c.dataset.rid, 10))).filter((t) => t.length);
       input.value = JSON.stringify(tiers);
-      if (btn) btn.disabled = $$(".rcard", pool).length > 0;
+      const left = $$(".rcard", pool).length;
+      if (btn) btn.disabled = left > 0;
+      pool.classList.toggle("all-ranked", left === 0);
     };
     const select = (c) => { sel = c; cards().forEach((x) => x.classList.toggle("selected", x === c)); if (c) c.focus({ preventScroll: false }); };
     const place = (c, tier) => {
