@@ -1,0 +1,358 @@
+"""The lecture's pipeline, one function per stage. Each stage reads the files the earlier stages wrote
+in the run directory and writes its own, so any stage can run alone:
+
+  sft/                 SFT model (initial model fine-tuned on demonstrations)
+  prefs/rankings.jsonl K samples per preference prompt from the SFT model, ranked by the panel
+  reward/              reward model (Bradley-Terry, initialised from SFT, normalised on SFT samples)
+  ppo/                 PPO policy (KL penalty to SFT), metrics.jsonl
+  best_of_n/           n SFT samples per eval prompt, reranked by the reward model
+  expert_iteration/    round-1 ... round-R: best-of-n winners -> SFT, repeated
+  samples/, winrates.json, report.md, report.html   the evaluation
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlhfkit.config import PPOConfig, RewardConfig, SFTConfig
+from rlhfkit.data import write_jsonl
+from rlhfkit.pipeline.config import PipelineConfig
+
+
+class Context:
+    """What the stages share: config, run dir, the task, and lazily the panel and the initial model."""
+
+    def __init__(self, cfg: PipelineConfig, progress: bool = True):
+        from rlhfkit.tasks import load_task
+
+        self.cfg, self.progress = cfg, progress
+        self.run = Path(cfg.out)
+        self.run.mkdir(parents=True, exist_ok=True)
+        self.task = load_task(cfg.task)
+        self._panel = None
+        self._opening: dict[str, str] = {}
+
+    # prompts: the policy sees the task's framing of an opening; the panel judges the opening itself
+    def frame(self, openings: list[str]) -> list[str]:
+        out = []
+        for o in openings:
+            p = self.task.format_prompt(o)
+            self._opening[p] = o
+            out.append(p)
+        return out
+
+    def openings_of(self, prompts: list[str]) -> list[str]:
+        return [self._opening.get(p, p) for p in prompts]
+
+    def split(self, name: str, n: int | None = None, start: int = 0) -> list[str]:
+        rows = self.task.prompts(name)
+        return rows[start : start + n] if n else rows[start:]
+
+    @property
+    def panel(self):
+        """The simulated annotator panel; fluency under the frozen initial model (so gibberish and
+        shuffled words cannot win on sentiment alone)."""
+        if self._panel is None:
+            from rlhfkit.annotators import default_panel
+
+            self._panel = default_panel(fluency_fn=InitialModelFluency(self.cfg.model, self.task.format_prompt, self.cfg.bf16),
+                                        seed=self.cfg.seed)
+        return self._panel
+
+    def gold(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return torch.as_tensor(self.panel.gold_reward(self.openings_of(prompts), responses), dtype=torch.float32)
+
+    @property
+    def mp(self) -> str:
+        return "bf16" if self.cfg.bf16 else "no"
+
+
+class InitialModelFluency:
+    """Mean log p(response tokens | chat-framed opening) under the frozen initial model (the panel's
+    fluency feature), computed with our batched forward: response-only logits, bf16 when asked."""
+
+    def __init__(self, model: str, format_prompt, bf16: bool, batch_size: int = 32):
+        self.model_name, self.format_prompt, self.bf16, self.batch_size = model, format_prompt, bf16, batch_size
+        self._lm = self._tok = None
+
+    @torch.no_grad()
+    def __call__(self, openings, responses) -> np.ndarray:
+        from rlhfkit.models import load_causal_lm, load_tokenizer
+        from rlhfkit.rollout import autocast_context, encode_prompts, encode_responses, forward_response
+
+        if self._lm is None:
+            self._tok = load_tokenizer(self.model_name)
+            self._lm = load_causal_lm(self.model_name, trainable=False).eval()
+        out = np.full(len(responses), np.nan)
+        order = sorted(range(len(responses)), key=lambda i: len(responses[i]))
+        for s in range(0, len(order), self.batch_size):
+            idx = [i for i in order[s : s + self.batch_size] if responses[i].strip()]
+            if not idx:
+                continue
+            p_ids, p_mask = encode_prompts(self._tok, [self.format_prompt(openings[i]) for i in idx])
+            r_ids, r_mask = encode_responses(self._tok, [responses[i] for i in idx], add_eos=False, max_tokens=128)
+            with autocast_context("cpu", self.bf16):
+                lp = forward_response(self._lm, p_ids, p_mask, r_ids, r_mask)["logprobs"].float()
+            mean = (lp * r_mask).sum(1) / r_mask.sum(1).clamp(min=1)
+            out[idx] = mean.double().numpy()
+        return out
+
+
+def _gen_cfg(ctx: Context, temperature: float):
+    from rlhfkit.rollout import GenerationConfig
+
+    c = ctx.cfg
+    return GenerationConfig(max_new_tokens=c.max_new_tokens, temperature=temperature, batch_size=c.gen_batch_size,
+                            system_prompt=c.system_prompt)
+
+
+def sample(ctx: Context, model_path, prompts: list[str], n: int, temperature: float, seed: int, label: str, lm=None):
+    """n responses per prompt (grouped: prompt i's are rows i*n .. i*n+n-1). Returns the Rollout."""
+    from rlhfkit.models import load_causal_lm, load_tokenizer
+    from rlhfkit.rollout import generate
+    from rlhfkit.train.common import progress_bar
+
+    tok = load_tokenizer(model_path)
+    lm = lm if lm is not None else load_causal_lm(model_path, trainable=False)
+    expanded = [p for p in prompts for _ in range(n)]
+    with progress_bar(len(expanded), label, disable=not ctx.progress) as bar:
+        task = bar.add_task(label, total=len(expanded), info="")
+        ro = generate(lm, tok, expanded, _gen_cfg(ctx, temperature), seed=seed, bf16=ctx.cfg.bf16,
+                      progress=lambda k: bar.update(task, advance=k))
+    return ro
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+def stage_sft(ctx: Context) -> Path:
+    from rlhfkit.train.sft import train_sft
+
+    c = ctx.cfg
+    demos = ctx.task.splits["sft"][: c.sft_examples]
+    data = write_jsonl(ctx.run / "data" / "sft.jsonl",
+                       [{"prompt": ctx.task.format_prompt(d["prompt"]), "completion": d["completion"]} for d in demos])
+    return train_sft(SFTConfig(model=c.model, data=str(data), out=str(ctx.run / "sft"), epochs=c.sft_epochs, lr=c.sft_lr,
+                               batch_size=c.sft_batch_size, mixed_precision=ctx.mp, system_prompt=c.system_prompt,
+                               seed=c.seed), progress=ctx.progress)
+
+
+def stage_preferences(ctx: Context) -> Path:
+    """K samples per preference prompt from the SFT model, each set ranked by one simulated annotator
+    with label noise (AlpacaFarm)."""
+    c = ctx.cfg
+    openings = ctx.split("preference", c.pref_prompts)
+    prompts = ctx.frame(openings)
+    ro = sample(ctx, ctx.run / "sft", prompts, c.pref_k, c.temperature, c.seed + 1, f"sampling {c.pref_k} per preference prompt")
+    groups = [ro.responses[i * c.pref_k : (i + 1) * c.pref_k] for i in range(len(prompts))]
+    rng = np.random.default_rng(c.seed + 2)
+    rankings = ctx.panel.rank(openings, groups, flip_prob=c.flip_prob, rng=rng)
+    rows = [{"prompt": p, "responses": g, "ranking": r, "source": "sft", "annotator": "simulated-panel",
+             "flip_prob": c.flip_prob} for p, g, r in zip(prompts, groups, rankings)]
+    out = write_jsonl(ctx.run / "prefs" / "rankings.jsonl", rows)
+    # the panel's agreement on pairs of these samples (first two responses of each prompt)
+    report = ctx.panel.agreement_report(openings, [g[0] for g in groups], [g[1] for g in groups], rng=np.random.default_rng(c.seed + 3))
+    (ctx.run / "prefs" / "agreement.json").write_text(json.dumps(report, indent=2) + "\n")
+    return out
+
+
+def stage_reward(ctx: Context) -> Path:
+    from rlhfkit.train.reward import train_reward
+
+    c = ctx.cfg
+    return train_reward(RewardConfig(model=str(ctx.run / "sft"), data=str(ctx.run / "prefs" / "rankings.jsonl"),
+                                     out=str(ctx.run / "reward"), epochs=c.rm_epochs, lr=c.rm_lr, batch_size=c.rm_batch_size,
+                                     train_top_layers=c.rm_train_top_layers, mixed_precision=ctx.mp,
+                                     system_prompt=c.system_prompt, seed=c.seed), progress=ctx.progress)
+
+
+def reward_scorer(ctx: Context):
+    from rlhfkit.train.reward import RewardScorer
+
+    return RewardScorer.load(ctx.run / "reward", ctx.cfg.system_prompt, batch_size=32, bf16=ctx.cfg.bf16)
+
+
+def stage_ppo(ctx: Context) -> Path:
+    from rlhfkit.train.ppo import train_ppo
+
+    c = ctx.cfg
+    prompts = ctx.frame(ctx.split("unlabeled"))
+    data = write_jsonl(ctx.run / "data" / "unlabeled.jsonl", [{"prompt": p} for p in prompts])
+    cfg = PPOConfig(model=str(ctx.run / "sft"), reward_model=str(ctx.run / "reward"), prompts=str(data), out=str(ctx.run / "ppo"),
+                    steps=c.ppo_steps, batch_size=c.ppo_batch_size, minibatch_size=c.ppo_minibatch_size, ppo_epochs=c.ppo_epochs,
+                    lr=c.ppo_lr, lora_r=c.ppo_lora_r, init_kl_coef=c.ppo_kl_coef, adaptive_kl=c.ppo_adaptive_kl,
+                    kl_target=c.ppo_kl_target, max_kl=c.ppo_max_kl, target_kl=c.ppo_target_kl, vf_coef=c.ppo_vf_coef,
+                    missing_eos_penalty=c.ppo_missing_eos_penalty, whiten_rewards=c.ppo_whiten_rewards,
+                    max_new_tokens=c.max_new_tokens, temperature=c.temperature, mixed_precision=ctx.mp,
+                    system_prompt=c.system_prompt, seed=c.seed)
+    return train_ppo(cfg, gold_fn=ctx.gold if c.ppo_log_gold else None, progress=ctx.progress)
+
+
+def best_of_n(ctx: Context, model_path, prompts: list[str], n: int, seed: int, label: str, scorer=None, lm=None):
+    """n samples per prompt, the reward model's favourite kept. Returns (best responses, all rows)."""
+    ro = sample(ctx, model_path, prompts, n, ctx.cfg.eval_temperature, seed, label, lm=lm)
+    scorer = scorer or reward_scorer(ctx)
+    scores = scorer([p for p in prompts for _ in range(n)], ro.responses).view(len(prompts), n)
+    best = scores.argmax(1).tolist()
+    picked = [ro.responses[i * n + b] for i, b in enumerate(best)]
+    rows = [{"prompt": p, "candidates": ro.responses[i * n : (i + 1) * n], "scores": scores[i].tolist(), "best": best[i]}
+            for i, p in enumerate(prompts)]
+    return picked, rows
+
+
+def stage_best_of_n(ctx: Context) -> Path:
+    c = ctx.cfg
+    prompts = ctx.frame(ctx.split("eval", c.eval_prompts))
+    picked, rows = best_of_n(ctx, ctx.run / "sft", prompts, c.bon_n, c.seed + 11, f"best-of-{c.bon_n}: sampling")
+    write_jsonl(ctx.run / "best_of_n" / "candidates.jsonl", rows)
+    return write_jsonl(ctx.run / "best_of_n" / "responses.jsonl", [{"prompt": p, "response": r} for p, r in zip(prompts, picked)])
+
+
+def stage_expert_iteration(ctx: Context) -> Path:
+    """Best-of-n on fresh prompts, SFT on the winners, repeated (each round starts from the last)."""
+    from rlhfkit.train.sft import train_sft
+
+    c = ctx.cfg
+    model = ctx.run / "sft"
+    scorer = reward_scorer(ctx)
+    for r in range(1, c.ei_rounds + 1):
+        prompts = ctx.frame(ctx.split("unlabeled", c.ei_prompts, start=(r - 1) * c.ei_prompts))
+        picked, rows = best_of_n(ctx, model, prompts, c.ei_n, c.seed + 100 + r, f"expert iteration {r}: best-of-{c.ei_n}", scorer)
+        out = ctx.run / "expert_iteration" / f"round-{r}"
+        data = write_jsonl(out.parent / f"round-{r}.jsonl", [{"prompt": p, "completion": x} for p, x in zip(prompts, picked)])
+        model = train_sft(SFTConfig(model=str(model), data=str(data), out=str(out), epochs=c.ei_epochs, lr=c.ei_lr,
+                                    batch_size=c.sft_batch_size, mixed_precision=ctx.mp, system_prompt=c.system_prompt,
+                                    seed=c.seed + r), progress=ctx.progress)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def sequence_logprobs(model, ro, temperature: float, bf16: bool, batch_size: int = 32) -> torch.Tensor:
+    """(B,) log pi(y | x) of a rollout's responses under ``model`` at ``temperature``."""
+    from rlhfkit import ops
+    from rlhfkit.rollout import autocast_context, forward_response
+
+    out = []
+    for i in range(0, len(ro), batch_size):
+        sl = slice(i, i + batch_size)
+        with autocast_context("cpu", bf16):
+            lp = forward_response(model, ro.prompt_ids[sl], ro.prompt_mask[sl], ro.response_ids[sl], ro.response_mask[sl],
+                                  temperature=temperature)["logprobs"].float()
+        out.append(ops.sequence_logprobs(lp, ro.response_mask[sl]))
+    return torch.cat(out)
+
+
+def method_models(ctx: Context) -> dict[str, Path | str]:
+    c = ctx.cfg
+    found: dict[str, Path | str] = {"initial": c.model}
+    for name, path in (("sft", ctx.run / "sft"), ("ppo", ctx.run / "ppo"),
+                       ("expert_iteration", ctx.run / "expert_iteration" / f"round-{c.ei_rounds}")):
+        if (path / "config.json").exists():
+            found[name] = path
+    return found
+
+
+def stage_eval(ctx: Context) -> dict:
+    """Every method answers the eval prompts; the panel (no label noise) compares each answer with the
+    initial model's on the same prompt. KL to SFT is estimated on the method's own samples at the eval
+    temperature: mean of log pi_M(y|x) - log pi_SFT(y|x); for best-of-n, the analytic log n - (n-1)/n."""
+    from rlhfkit.eval import build_winrates, write_report
+    from rlhfkit.models import load_causal_lm
+
+    c = ctx.cfg
+    openings = ctx.split("eval", c.eval_prompts)
+    prompts = ctx.frame(openings)
+    models = method_models(ctx)
+    scorer = reward_scorer(ctx) if (ctx.run / "reward" / "config.json").exists() else None
+    sft_lm = load_causal_lm(models["sft"], trainable=False) if "sft" in models else None
+    responses: dict[str, list[str]] = {}
+    kls: dict[str, list[float]] = {}
+    for name, path in models.items():
+        lm = sft_lm if name == "sft" else load_causal_lm(path, trainable=False)
+        ro = sample(ctx, path, prompts, 1, c.eval_temperature, c.seed + 1000, f"eval: {name}", lm=lm)
+        responses[name] = ro.responses
+        if sft_lm is not None and name != "sft":
+            kls[name] = (sequence_logprobs(lm, ro, c.eval_temperature, c.bf16) - sequence_logprobs(sft_lm, ro, c.eval_temperature, c.bf16)).tolist()
+        else:
+            kls[name] = [0.0] * len(prompts)
+    bon = ctx.run / "best_of_n" / "responses.jsonl"
+    if bon.exists():
+        rows = [json.loads(l) for l in bon.read_text().splitlines() if l.strip()]
+        if [r["prompt"] for r in rows] == prompts:
+            responses["best_of_n"] = [r["response"] for r in rows]
+            kls["best_of_n"] = [math.log(c.bon_n) - (c.bon_n - 1) / c.bon_n] * len(prompts)
+    reference = responses["initial"]
+    samples_dir = ctx.run / "samples"
+    for name, resp in responses.items():
+        gold = ctx.panel.gold_reward(openings, resp)
+        proxy = scorer(prompts, resp).tolist() if scorer is not None else [None] * len(resp)
+        outcome = ctx.panel.compare(openings, resp, reference, noise=False)
+        write_jsonl(samples_dir / f"{name}.jsonl", [
+            {"prompt": o, "response": r, "gold": float(g), "proxy": p, "kl": float(k), "length": len(r.split()),
+             "outcome": float(w), "reference_response": ref}
+            for o, r, g, p, k, w, ref in zip(openings, resp, gold, proxy, kls[name], outcome, reference)])
+    human = None
+    if c.human:
+        from rlhfkit.feedback.winrate import human_winrates
+
+        human = {k: v for k, v in human_winrates(c.human).items() if k in responses}
+    for stale in ("winrates.json",):
+        (ctx.run / stale).unlink(missing_ok=True)
+    winrates = build_winrates(ctx.run, reference="initial", human=human)
+    write_report(ctx.run)
+    return winrates
+
+
+STAGES = {
+    "sft": stage_sft,
+    "preferences": stage_preferences,
+    "reward": stage_reward,
+    "ppo": stage_ppo,
+    "best_of_n": stage_best_of_n,
+    "expert_iteration": stage_expert_iteration,
+    "eval": stage_eval,
+}
+
+
+def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print) -> dict:
+    """Run the stages named in ``cfg.stages``; returns the win-rate table and writes timings.json."""
+    from rlhfkit.config import save_config
+
+    ctx = Context(cfg, progress)
+    save_config(cfg, ctx.run / "pipeline.yaml")
+    names = [s.strip() for s in cfg.stages.split(",") if s.strip()]
+    unknown = [s for s in names if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
+    timings_path = ctx.run / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    result = None
+    t_all = time.perf_counter()
+    for name in names:
+        echo(f"== {name}")
+        t = time.perf_counter()
+        result = STAGES[name](ctx)
+        timings[name] = round(time.perf_counter() - t, 1)
+        timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+        echo(f"   {name} done in {timings[name]:.0f} s")
+        if name == "preferences":
+            a = json.loads((ctx.run / "prefs" / "agreement.json").read_text())
+            echo(f"   panel agreement: pairwise {a['mean_pairwise_agreement']:.3f}, Krippendorff alpha {a['krippendorff_alpha']:.3f}, "
+                 f"Fleiss kappa {a['fleiss_kappa']:.3f}")
+        if name == "reward":
+            ev = json.loads((ctx.run / "reward" / "eval.json").read_text()).get("eval", {})
+            if ev:
+                echo(f"   reward model held-out accuracy {ev['eval_accuracy']:.3f} on {ev['eval_pairs']} pairs")
+    timings["total_this_call"] = round(time.perf_counter() - t_all, 1)
+    timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+    return {"timings": timings, "winrates": result if names and names[-1] == "eval" else None, "config": asdict(cfg)}

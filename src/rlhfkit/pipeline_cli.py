@@ -1,0 +1,106 @@
+"""`rlhfkit pipeline`, `rlhfkit demo` and `rlhfkit eval`, mounted on the main CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import click
+
+from rlhfkit.cli import CLICK_TYPES, _quiet_libraries, _run_reporting_errors
+from rlhfkit.pipeline.config import PRESETS, PipelineConfig, bundled_config_path, preset_overrides
+
+
+def _options(cls):
+    """One click option per field of the pipeline config (flags override the YAML file)."""
+    params = []
+    for f in dataclasses.fields(cls):
+        type_name = str(f.type).replace(" | None", "").strip()
+        flag = "--" + f.name.replace("_", "-")
+        help = f.metadata.get("help", "") + f"  [default: {f.default}]"
+        if type_name == "bool":
+            params.append(click.Option([f"{flag}/--no-{flag[2:]}", f.name], default=None, help=help))
+        else:
+            params.append(click.Option([flag, f.name], type=CLICK_TYPES.get(type_name, str), default=None, help=help))
+    return params
+
+
+def _print_result(run: Path, result: dict) -> None:
+    from rich.console import Console
+
+    from rlhfkit.eval import rich_table
+
+    console = Console()
+    t = result["timings"]
+    console.print("stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()))
+    if result.get("winrates"):
+        console.print(rich_table(result["winrates"]))
+        md = (run / "report.md").read_text()
+        verdicts = [l for l in md.splitlines() if l.startswith("- ")]
+        for v in verdicts[:8]:
+            console.print(v)
+        console.print(f"report: {(run / 'report.html').resolve()}")
+
+
+def _run(cfg: PipelineConfig):
+    from rlhfkit.pipeline.stages import run_pipeline
+
+    result = run_pipeline(cfg, echo=click.echo)
+    _print_result(Path(cfg.out), result)
+
+
+def _load(config_file, preset, kw) -> PipelineConfig:
+    from rlhfkit.config import load_config
+
+    overrides = preset_overrides(preset) if preset else {}
+    overrides.update({k: v for k, v in kw.items() if v is not None})
+    try:
+        return load_config(PipelineConfig, config_file, overrides)
+    except (ValueError, TypeError) as e:
+        raise click.UsageError(str(e))
+
+
+def register(app: click.Group) -> None:
+    @click.command("pipeline", params=[click.Argument(["config_file"], type=click.Path(exists=True, dir_okay=False))] + _options(PipelineConfig))
+    def pipeline(config_file, **kw):
+        """Run the RLHF pipeline described by CONFIG_FILE (YAML): SFT, preferences from the simulated
+        panel, reward model, PPO, best-of-n, expert iteration, evaluation. Flags override the file."""
+        _quiet_libraries()
+        _run_reporting_errors(_run, _load(config_file, None, kw))
+
+    @click.command("demo", params=[click.Option(["--preset"], type=click.Choice(list(PRESETS)), default="demo", show_default=True,
+                                                help="demo: SmolLM2-135M (~15 min on 2 CPU cores); smoke: the tiny model (< 2 min).")]
+                   + _options(PipelineConfig))
+    def demo(preset, **kw):
+        """The pipeline on the bundled config (movie-review continuation, SmolLM2-135M-Instruct), then the
+        lecture's comparison table."""
+        _quiet_libraries()
+        if preset == "smoke" and kw.get("out") is None:
+            kw["out"] = "runs/smoke"
+        _run_reporting_errors(_run, _load(str(bundled_config_path()), preset, kw))
+
+    @click.command("eval")
+    @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+    @click.option("--human", type=click.Path(exists=True), default=None,
+                  help="Human judgments (`rlhfkit feedback export --kind eval`, or the feedback database URL) for a human win-rate column.")
+    @click.option("--eval-prompts", type=int, default=None, help="Number of eval prompts (default: the run's setting).")
+    def eval_cmd(run_dir, human, eval_prompts):
+        """Evaluate every method found in RUN_DIR against the initial model: simulated win-rate with its
+        standard error, gold and proxy reward, KL to SFT, length; writes winrates.json, samples/, report.md/html."""
+        _quiet_libraries()
+        import yaml
+
+        saved = Path(run_dir) / "pipeline.yaml"
+        values = yaml.safe_load(saved.read_text()) if saved.exists() else {}
+        values.update(out=run_dir, stages="eval")
+        if human:
+            values["human"] = human
+        if eval_prompts:
+            values["eval_prompts"] = eval_prompts
+        cfg = PipelineConfig(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(PipelineConfig)}})
+        _run_reporting_errors(_run, cfg)
+
+    app.add_command(pipeline)
+    app.add_command(demo)
+    app.add_command(eval_cmd)
