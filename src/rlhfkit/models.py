@@ -15,6 +15,7 @@ although its weights are plain fp32 after dequantisation. Copying the state dict
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -190,6 +191,10 @@ def disable_dropout(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+        # attention layers copy their rate from the config when built (Llama: `self.attention_dropout`
+        # used in train mode), so changing the config below does not reach them: zero the copy too
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
     for key in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
         if hasattr(model, "config") and hasattr(model.config, key):
             setattr(model.config, key, 0.0)
@@ -379,7 +384,9 @@ class RewardModel(nn.Module):
         self.config.rlhfkit_reward_std = float(max(std, 1e-6))
 
     def save_pretrained(self, out: str | os.PathLike) -> None:
-        model = self.model.merge_and_unload() if is_peft(self.model) else self.model
+        # merge a copy: merge_and_unload works in place and would strip the adapters from the live
+        # model, so training after a mid-run checkpoint would silently update nothing but the head
+        model = copy.deepcopy(self.model).merge_and_unload() if is_peft(self.model) else self.model
         model.config.rlhfkit_reward_mean = self.config.rlhfkit_reward_mean
         model.config.rlhfkit_reward_std = self.config.rlhfkit_reward_std
         model.save_pretrained(out)
