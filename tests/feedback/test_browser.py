@@ -3,7 +3,7 @@
 An annotator logs in, passes onboarding (gold questions), rates, ranks (keyboard and drag
 and drop, with a tie) and compares; an admin looks at the dashboard; the export trains a
 reward model with ``rlhfkit reward --model tiny``. Screenshots of each page go to
-docs/screenshots/ (used by docs/feedback.md).
+docs/screenshots/ (used by docs/feedback.md) when RLHFKIT_SCREENSHOTS=1.
 
 Skipped when /usr/bin/chromium is absent, unless RLHFKIT_REQUIRE_BROWSER=1 (CI), which
 makes it fail instead.
@@ -31,7 +31,10 @@ from .conftest import PASSWORD, add_user, import_tasks
 CHROMIUM = os.environ.get("RLHFKIT_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# Screenshots refresh docs/screenshots/ only when asked (RLHFKIT_SCREENSHOTS=1), so that a test run
+# leaves the work tree clean; otherwise they go to a temporary folder and are still taken (and checked).
+SHOTS = (Path(__file__).resolve().parents[2] / "docs" / "screenshots" if os.environ.get("RLHFKIT_SCREENSHOTS") == "1"
+         else Path(os.environ.get("TMPDIR", "/tmp")) / "rlhfkit-screenshots")
 
 GOLD = [
     {"prompt": "What is 12 x 12?", "kind": "pairwise", "responses": ["144.", "124, roughly."], "gold": {"winner": 0}},
