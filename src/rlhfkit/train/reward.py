@@ -158,7 +158,8 @@ def train_reward(cfg: RewardConfig, progress: bool = True) -> Path:
     rm.train()
     steps_per_epoch = math.ceil(len(train_groups) / (cfg.batch_size * cfg.grad_accum))
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    optimizer, scheduler = make_optimizer(rm.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps)
+    optimizer, scheduler = make_optimizer(rm.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps, head=rm._parts()[1],
+                                         head_lr=cfg.lr * cfg.head_lr_scale)
     rm, optimizer, scheduler = accelerator.prepare(rm, optimizer, scheduler)
     batches = Batches(len(train_groups), cfg.batch_size, cfg.seed)
     step = 0
@@ -192,7 +193,10 @@ def train_reward(cfg: RewardConfig, progress: bool = True) -> Path:
                 accs.append(acc)
             step += 1
             metrics = {"loss": sum(losses) / len(losses), "accuracy": sum(accs) / len(accs), "gap": gap, "lr": scheduler.get_last_lr()[0]}
-            if eval_groups and (step == total or (cfg.log_every and step % max(cfg.log_every * 10, 10) == 0)):
+            # held-out eval on a schedule of the step number alone (not "and at the last step"), so that a run
+            # stopped at step k and resumed logs the same metrics.jsonl as one that never stopped; the final
+            # model's held-out eval goes to eval.json
+            if eval_groups and cfg.log_every and step % max(cfg.log_every * 10, 10) == 0:
                 with timer("eval"):
                     metrics.update(evaluate(inner, tokenizer, eval_groups, cfg, accelerator.device))
             if step % cfg.log_every == 0 or step == total:
