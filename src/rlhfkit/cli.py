@@ -62,7 +62,7 @@ def _run_reporting_errors(run, *args):
 
     try:
         return run(*args)
-    except (DataError, FileNotFoundError) as e:
+    except (DataError, FileNotFoundError, ValueError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
 
@@ -143,10 +143,18 @@ def _mount_optional_groups() -> None:
     """Commands that live in their own wings (pipeline, eval, feedback app) mount here when present."""
     try:
         from rlhfkit.feedback.cli import feedback_app
-
-        app.add_command(typer.main.get_command(feedback_app), "feedback")
     except ImportError:
-        pass
+        feedback_app = None
+    if feedback_app is not None:
+        # typer ships its own click, whose exceptions (--help, usage errors) our group would not handle:
+        # hand the arguments over to the typer app whole.
+        @click.command("feedback", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+                       add_help_option=False, help=feedback_app.info.help)
+        @click.pass_context
+        def feedback(ctx):
+            feedback_app(args=ctx.args, prog_name="rlhfkit feedback")
+
+        app.add_command(feedback)
     try:
         from rlhfkit.pipeline_cli import register
 

@@ -51,11 +51,17 @@ def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None
         generator.set_state(state["generator"])
 
 
-def make_optimizer(params, lr: float, weight_decay: float = 0.0, warmup_steps: int = 0):
-    params = [p for p in params if p.requires_grad]
-    if not params:
+def make_optimizer(params, lr: float, weight_decay: float = 0.0, warmup_steps: int = 0, head=None, head_lr: float | None = None):
+    """AdamW over the trainable parameters; ``head`` (a module inside them) may get its own ``head_lr``:
+    a freshly zero-initialised scalar head learns too slowly at a fine-tuning learning rate."""
+    head_ids = {id(p) for p in head.parameters()} if head is not None and head_lr else set()
+    body = [p for p in params if p.requires_grad and id(p) not in head_ids]
+    groups = [{"params": body}] if body else []
+    if head_ids:
+        groups.append({"params": [p for p in head.parameters() if p.requires_grad], "lr": head_lr})
+    if not groups or not any(g["params"] for g in groups):
         raise ValueError("no trainable parameters")
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0)
     return opt, sched
 

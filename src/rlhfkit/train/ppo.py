@@ -53,7 +53,11 @@ def load_reward_fn(spec: str) -> RewardFn:
     if ":" not in spec:
         raise ValueError(f"--reward-fn {spec!r}: expected 'module:function'")
     mod, name = spec.split(":", 1)
-    fn = getattr(importlib.import_module(mod), name, None)
+    try:
+        module = importlib.import_module(mod)
+    except ImportError as e:
+        raise ValueError(f"--reward-fn {spec!r}: cannot import {mod!r} ({e})") from None
+    fn = getattr(module, name, None)
     if not callable(fn):
         raise ValueError(f"--reward-fn {spec!r}: {name} is not a callable in {mod}")
     return fn
@@ -85,7 +89,8 @@ class PPOTrainer:
         self.ref = None if is_peft(lm) else load_causal_lm(cfg.model, trainable=False)
         if resume_ckpt:
             self.policy.value_head.load_state_dict(load_file(str(resume_ckpt / "value_head.safetensors")))
-        self.optimizer, _ = make_optimizer(self.policy.parameters(), cfg.lr)
+        self.optimizer, _ = make_optimizer(self.policy.parameters(), cfg.lr, head=self.policy.value_head,
+                                           head_lr=cfg.lr * cfg.value_lr_scale)
         self.policy, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
         if self.ref is not None:
             self.ref.to(self.accelerator.device)
