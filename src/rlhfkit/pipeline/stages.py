@@ -210,7 +210,7 @@ def best_of_n(ctx: Context, model_path, prompts: list[str], n: int, seed: int, l
 def stage_best_of_n(ctx: Context) -> Path:
     c = ctx.cfg
     prompts = ctx.frame(ctx.split("eval", c.eval_prompts))
-    picked, rows = best_of_n(ctx, ctx.run / "sft", prompts, c.bon_n, c.seed + 11, f"best-of-{c.bon_n}: sampling")
+    picked, rows = best_of_n(ctx, ctx.run / "sft", prompts, c.bon_n, c.seed + 1000, f"best-of-{c.bon_n}: sampling")
     write_jsonl(ctx.run / "best_of_n" / "candidates.jsonl", rows)
     return write_jsonl(ctx.run / "best_of_n" / "responses.jsonl", [{"prompt": p, "response": r} for p, r in zip(prompts, picked)])
 
@@ -252,6 +252,10 @@ def sequence_logprobs(model, ro, temperature: float, bf16: bool, batch_size: int
     return torch.cat(out)
 
 
+def _read_rows(path: Path) -> list[dict]:
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+
+
 def method_models(ctx: Context) -> dict[str, Path | str]:
     c = ctx.cfg
     found: dict[str, Path | str] = {"initial": c.model}
@@ -277,7 +281,14 @@ def stage_eval(ctx: Context) -> dict:
     sft_lm = load_causal_lm(models["sft"], trainable=False) if "sft" in models else None
     responses: dict[str, list[str]] = {}
     kls: dict[str, list[float]] = {}
+    bon_rows = _read_rows(ctx.run / "best_of_n" / "candidates.jsonl")
+    if [r["prompt"] for r in bon_rows] == prompts and "sft" in models:
+        # best-of-n's first candidate of each prompt is a sample of the SFT model at the eval temperature and
+        # seed: it serves as SFT's answer (and the comparison of the two is then paired on the same draw)
+        responses["sft"], kls["sft"] = [r["candidates"][0] for r in bon_rows], [0.0] * len(prompts)
     for name, path in models.items():
+        if name in responses:
+            continue
         lm = sft_lm if name == "sft" else load_causal_lm(path, trainable=False)
         ro = sample(ctx, path, prompts, 1, c.eval_temperature, c.seed + 1000, f"eval: {name}", lm=lm)
         responses[name] = ro.responses
@@ -285,12 +296,10 @@ def stage_eval(ctx: Context) -> dict:
             kls[name] = (sequence_logprobs(lm, ro, c.eval_temperature, c.bf16) - sequence_logprobs(sft_lm, ro, c.eval_temperature, c.bf16)).tolist()
         else:
             kls[name] = [0.0] * len(prompts)
-    bon = ctx.run / "best_of_n" / "responses.jsonl"
-    if bon.exists():
-        rows = [json.loads(l) for l in bon.read_text().splitlines() if l.strip()]
-        if [r["prompt"] for r in rows] == prompts:
-            responses["best_of_n"] = [r["response"] for r in rows]
-            kls["best_of_n"] = [math.log(c.bon_n) - (c.bon_n - 1) / c.bon_n] * len(prompts)
+    if [r["prompt"] for r in bon_rows] == prompts:
+        responses["best_of_n"] = [r["candidates"][r["best"]] for r in bon_rows]
+        n = len(bon_rows[0]["candidates"])
+        kls["best_of_n"] = [math.log(n) - (n - 1) / n] * len(prompts)
     reference = responses["initial"]
     samples_dir = ctx.run / "samples"
     for name, resp in responses.items():
