@@ -283,3 +283,23 @@ def test_generate_in_batches_gives_a_consistent_rollout(lm, tok):
     assert isinstance(sub, Rollout) and sub.prompts == [prompts[4], prompts[0]]
     assert torch.equal(sub.response_ids, ro.response_ids[[4, 0]]) and sub.responses == [ro.responses[4], ro.responses[0]]
     assert torch.equal(sub.ended, ro.ended[[4, 0]])
+
+
+def test_inverse_cdf_sampler_draws_from_the_tempered_distribution():
+    """The sampler (one uniform per row, binary search in the CDF) draws tokens with the probabilities of
+    softmax(logits / T), never a zero-probability (top-k-filtered) token, and reports log-probs at T."""
+    import torch
+
+    from rlhfkit.rollout import GenerationConfig, _sample_token
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0]]).repeat(40000, 1)
+    g = torch.Generator().manual_seed(0)
+    cfg = GenerationConfig(temperature=0.8)
+    tok, lp = _sample_token(logits, cfg, g)
+    p = torch.softmax(logits[0] / 0.8, -1)
+    freq = torch.bincount(tok, minlength=5).double() / len(tok)
+    se = (p * (1 - p) / len(tok)).sqrt()
+    assert torch.all((freq - p).abs() < 5 * se + 1e-4), (freq, p)
+    assert torch.allclose(lp, torch.log(p)[tok].float(), atol=1e-5)
+    tok_k, _ = _sample_token(logits, GenerationConfig(temperature=1.0, top_k=2), g)
+    assert set(tok_k.tolist()) == {0, 1}

@@ -132,7 +132,13 @@ def _sample_token(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         filtered = filtered.masked_fill(drop, float("-inf"))
     probs = torch.softmax(filtered, -1)
-    tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    # inverse-CDF sampling: one uniform number per row instead of one per vocabulary entry. On a CPU,
+    # torch.multinomial (and any per-entry random draw) over a 49k vocabulary took a fifth of the sampling
+    # time; a float64 cumsum and a binary search take a few milliseconds. Zero-probability tokens have
+    # empty intervals and are never drawn.
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
+    tok = torch.searchsorted(cdf, u).squeeze(-1).clamp(max=probs.shape[-1] - 1)
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
 
 

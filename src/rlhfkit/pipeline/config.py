@@ -27,7 +27,8 @@ class PipelineConfig:
     sft_lr: float = opt(5e-5, "SFT learning rate.")
     sft_batch_size: int = opt(16, "SFT batch size.")
     # preferences
-    pref_prompts: int = opt(64, "Preference prompts to sample K responses for.")
+    pref_prompts: int = opt(96, "Preference prompts to sample K responses for.")
+    pref_sources: str = opt("sft,initial", "Models the K responses are drawn from, split evenly (sft, initial).")
     pref_k: int = opt(4, "Responses per preference prompt, ranked by one simulated annotator.")
     flip_prob: float = opt(0.25, "Label noise of the training annotators (AlpacaFarm: 0.25).")
     # reward model
@@ -48,14 +49,14 @@ class PipelineConfig:
     ppo_max_kl: float = opt(0.0, "Stop PPO when KL to the reference passes this (0: never).")
     ppo_target_kl: float = opt(0.0, "Stop a batch's PPO epochs past this approx KL (0: never).")
     ppo_vf_coef: float = opt(0.1, "Value-loss weight.")
-    ppo_missing_eos_penalty: float = opt(0.0, "Score penalty for responses without EOS.")
+    ppo_missing_eos_penalty: float = opt(1.0, "Score penalty for responses without EOS.")
     ppo_whiten_rewards: bool = opt(False, "Whiten rewards before GAE.")
     ppo_log_gold: bool = opt(True, "Log the panel's gold reward of every PPO batch (for the over-optimisation plot).")
     # best-of-n and expert iteration
     bon_n: int = opt(16, "Candidates per prompt for best-of-n.")
     ei_rounds: int = opt(2, "Expert-iteration rounds (best-of-n then SFT on the winners).")
-    ei_prompts: int = opt(64, "Prompts per expert-iteration round (from the unlabeled split).")
-    ei_n: int = opt(8, "Candidates per prompt in expert iteration.")
+    ei_prompts: int = opt(48, "Prompts per expert-iteration round (from the unlabeled split).")
+    ei_n: int = opt(4, "Candidates per prompt in expert iteration.")
     ei_epochs: float = opt(1.0, "SFT passes over the winners per round.")
     ei_lr: float = opt(5e-5, "Expert-iteration SFT learning rate.")
     # evaluation

@@ -145,17 +145,33 @@ def stage_sft(ctx: Context) -> Path:
 
 
 def stage_preferences(ctx: Context) -> Path:
-    """K samples per preference prompt from the SFT model, each set ranked by one simulated annotator
-    with label noise (AlpacaFarm)."""
+    """K responses per preference prompt, drawn from the models in ``pref_sources`` (the lecture: outputs
+    from the current and the initial model give diversity and hard negatives), shuffled, and each set
+    ranked by one simulated annotator with label noise (AlpacaFarm)."""
     c = ctx.cfg
     openings = ctx.split("preference", c.pref_prompts)
     prompts = ctx.frame(openings)
-    ro = sample(ctx, ctx.run / "sft", prompts, c.pref_k, c.temperature, c.seed + 1, f"sampling {c.pref_k} per preference prompt")
-    groups = [ro.responses[i * c.pref_k : (i + 1) * c.pref_k] for i in range(len(prompts))]
+    sources = [s.strip() for s in c.pref_sources.split(",") if s.strip()]
+    paths = {"sft": ctx.run / "sft", "initial": c.model}
+    unknown = [s for s in sources if s not in paths]
+    if unknown:
+        raise ValueError(f"pref_sources: unknown source(s) {unknown}; use sft and/or initial")
+    counts = [c.pref_k // len(sources) + (1 if i < c.pref_k % len(sources) else 0) for i in range(len(sources))]
+    drawn = {}
+    for src, k in zip(sources, counts):
+        if k:
+            ro = sample(ctx, paths[src], prompts, k, c.temperature, c.seed + 1, f"sampling {k} per preference prompt from {src}")
+            drawn[src] = [ro.responses[i * k : (i + 1) * k] for i in range(len(prompts))]
     rng = np.random.default_rng(c.seed + 2)
+    groups, group_sources = [], []
+    for i in range(len(prompts)):
+        items = [(r, src) for src in drawn for r in drawn[src][i]]
+        order = rng.permutation(len(items))  # the position of a response says nothing about its source
+        groups.append([items[j][0] for j in order])
+        group_sources.append([items[j][1] for j in order])
     rankings = ctx.panel.rank(openings, groups, flip_prob=c.flip_prob, rng=rng)
-    rows = [{"prompt": p, "responses": g, "ranking": r, "source": "sft", "annotator": "simulated-panel",
-             "flip_prob": c.flip_prob} for p, g, r in zip(prompts, groups, rankings)]
+    rows = [{"prompt": p, "responses": g, "ranking": r, "sources": s, "annotator": "simulated-panel",
+             "flip_prob": c.flip_prob} for p, g, r, s in zip(prompts, groups, rankings, group_sources)]
     out = write_jsonl(ctx.run / "prefs" / "rankings.jsonl", rows)
     # the panel's agreement on pairs of these samples (first two responses of each prompt)
     report = ctx.panel.agreement_report(openings, [g[0] for g in groups], [g[1] for g in groups], rng=np.random.default_rng(c.seed + 3))
