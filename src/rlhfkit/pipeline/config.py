@@ -18,7 +18,7 @@ class PipelineConfig:
     bf16: bool = opt(True, "bf16 autocast for sampling, scoring and training (about 2x on CPUs with AVX-512 BF16).")
     max_new_tokens: int = opt(40, "Longest response, for every method.")
     temperature: float = opt(1.0, "Sampling temperature for training rollouts and best-of-n candidates.")
-    eval_temperature: float = opt(0.7, "Sampling temperature of every method's evaluation responses.")
+XX
     gen_batch_size: int = opt(96, "Sequences per generation batch.")
     stages: str = opt("sft,preferences,reward,ppo,best_of_n,expert_iteration,eval", "Stages to run, in order; a stage reads what the earlier ones wrote.")
     # SFT
@@ -35,7 +35,7 @@ class PipelineConfig:
     rm_epochs: float = opt(2.0, "Reward-model passes over the rankings.")
     rm_lr: float = opt(3e-5, "Reward-model learning rate.")
     rm_batch_size: int = opt(8, "Prompts (with all their pairs) per reward-model step.")
-    rm_train_top_layers: int = opt(0, "Train only the top N blocks of the reward model (0: all).")
+    rm_train_top_layers: int = opt(20, "Train only the top N blocks of the reward model (0: all).")
     # PPO
     ppo_steps: int = opt(12, "PPO iterations.")
     ppo_batch_size: int = opt(32, "Prompts per PPO iteration.")
