@@ -18,7 +18,7 @@ class PipelineConfig:
     bf16: bool = opt(True, "bf16 autocast for sampling, scoring and training (about 2x on CPUs with AVX-512 BF16).")
     max_new_tokens: int = opt(40, "Longest response, for every method.")
     temperature: float = opt(1.0, "Sampling temperature for training rollouts and best-of-n candidates.")
-XX
+    eval_temperature: float = opt(1.0, "Sampling temperature of every method's evaluation responses and of best-of-n's candidates (1.0: each policy's own distribution, the one PPO optimises and KL is measured on).")
     gen_batch_size: int = opt(96, "Sequences per generation batch.")
     stages: str = opt("sft,preferences,reward,ppo,best_of_n,expert_iteration,eval", "Stages to run, in order; a stage reads what the earlier ones wrote.")
     # SFT
