@@ -74,3 +74,22 @@ def test_pipeline_rejects_unknown_stage(tmp_path):
     res = CliRunner().invoke(app, ["pipeline", str(cfg)])
     assert res.exit_code != 0
     assert "nonsense" in str(res.exception) or "nonsense" in res.output
+
+
+def test_eval_adds_human_win_rates_from_feedback_export(smoke_run, tmp_path):
+    """Judgments exported by the feedback app (`rlhfkit feedback export --kind eval`) give a human column."""
+    import shutil
+
+    out, _ = smoke_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    judgments = tmp_path / "judgments.jsonl"
+    rows = [{"prompt": f"p{i}", "method": "ppo", "reference": "initial", "method_response": "a", "reference_response": "b",
+             "outcome": o} for i, o in enumerate([1, 1, 0, 0.5])]
+    judgments.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = CliRunner().invoke(app, ["eval", str(run), "--human", str(judgments)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    w = json.loads((run / "winrates.json").read_text())["methods"]
+    assert w["ppo"]["human_win_rate"] == 0.625 and w["ppo"]["human_n"] == 4
+    assert "human_win_rate" not in w["sft"] or w["sft"]["human_win_rate"] is None
+    assert "Human win-rate" in (run / "report.md").read_text()

@@ -17,12 +17,12 @@ class PipelineConfig:
     system_prompt: str | None = opt("You are a helpful assistant.", "System message for the chat template (short: prompts cost tokens).")
     bf16: bool = opt(True, "bf16 autocast for sampling, scoring and training (about 2x on CPUs with AVX-512 BF16).")
     max_new_tokens: int = opt(40, "Longest response, for every method.")
-    temperature: float = opt(1.0, "Sampling temperature for training rollouts and best-of-n candidates.")
+    temperature: float = opt(1.0, "Sampling temperature of the preference samples and of PPO's rollouts.")
     eval_temperature: float = opt(1.0, "Sampling temperature of every method's evaluation responses and of best-of-n's candidates (1.0: each policy's own distribution, the one PPO optimises and KL is measured on).")
     gen_batch_size: int = opt(96, "Sequences per generation batch.")
     stages: str = opt("sft,preferences,reward,ppo,best_of_n,expert_iteration,eval", "Stages to run, in order; a stage reads what the earlier ones wrote.")
     # SFT
-    sft_examples: int = opt(200, "Demonstrations used (the task ships 200).")
+    sft_examples: int = opt(160, "Demonstrations used (the task ships 200).")
     sft_epochs: float = opt(1.0, "SFT passes over the demonstrations.")
     sft_lr: float = opt(5e-5, "SFT learning rate.")
     sft_batch_size: int = opt(16, "SFT batch size.")
@@ -35,7 +35,7 @@ class PipelineConfig:
     rm_epochs: float = opt(2.0, "Reward-model passes over the rankings.")
     rm_lr: float = opt(3e-5, "Reward-model learning rate.")
     rm_batch_size: int = opt(8, "Prompts (with all their pairs) per reward-model step.")
-    rm_train_top_layers: int = opt(20, "Train only the top N blocks of the reward model (0: all).")
+    rm_train_top_layers: int = opt(0, "Train only the top N blocks of the reward model (0: all).")
     # PPO
     ppo_steps: int = opt(12, "PPO iterations.")
     ppo_batch_size: int = opt(32, "Prompts per PPO iteration.")
@@ -55,7 +55,7 @@ class PipelineConfig:
     # best-of-n and expert iteration
     bon_n: int = opt(16, "Candidates per prompt for best-of-n.")
     ei_rounds: int = opt(2, "Expert-iteration rounds (best-of-n then SFT on the winners).")
-    ei_prompts: int = opt(48, "Prompts per expert-iteration round (from the unlabeled split).")
+    ei_prompts: int = opt(40, "Prompts per expert-iteration round (from the unlabeled split).")
     ei_n: int = opt(4, "Candidates per prompt in expert iteration.")
     ei_epochs: float = opt(1.0, "SFT passes over the winners per round.")
     ei_lr: float = opt(5e-5, "Expert-iteration SFT learning rate.")
