@@ -32,10 +32,10 @@ def _quiet_libraries() -> None:
         pass
 
 
-def config_command(cls, run, name: str, help: str) -> click.Command:
-    """A click command with --config and one option per dataclass field."""
-    params = [click.Option(["--config", "config_file"], type=click.Path(exists=True, dir_okay=False),
-                           help="YAML file of options; flags given on the command line override it.")]
+def dataclass_options(cls) -> list[click.Option]:
+    """One click option per dataclass field, with the field's help text; default None = "not given", so
+    that a YAML file's value is overridden only by flags actually typed."""
+    params = []
     for f in dataclasses.fields(cls):
         type_name = str(f.type).replace(" | None", "").strip()
         flag = "--" + f.name.replace("_", "-")
@@ -45,6 +45,14 @@ def config_command(cls, run, name: str, help: str) -> click.Command:
             params.append(click.Option([f"{flag}/--no-{flag[2:]}", f.name], default=None, help=text))
         else:
             params.append(click.Option([flag, f.name], type=CLICK_TYPES.get(type_name, str), default=None, help=text))
+    return params
+
+
+def config_command(cls, run, name: str, help: str) -> click.Command:
+    """A click command with --config and one option per dataclass field."""
+    params = [click.Option(["--config", "config_file"], type=click.Path(exists=True, dir_okay=False),
+                           help="YAML file of options; flags given on the command line override it.")]
+    params += dataclass_options(cls)
 
     def callback(config_file, **kw):
         _quiet_libraries()

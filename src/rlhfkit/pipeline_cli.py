@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import click
 
-from rlhfkit.cli import CLICK_TYPES, _quiet_libraries, _run_reporting_errors
+from rlhfkit.cli import _quiet_libraries, _run_reporting_errors, dataclass_options
 from rlhfkit.pipeline.config import PRESETS, PipelineConfig, bundled_config_path, preset_overrides
-
-
-def _options(cls):
-    """One click option per field of the pipeline config (flags override the YAML file)."""
-    params = []
-    for f in dataclasses.fields(cls):
-        type_name = str(f.type).replace(" | None", "").strip()
-        flag = "--" + f.name.replace("_", "-")
-        help = f.metadata.get("help", "") + f"  [default: {f.default}]"
-        if type_name == "bool":
-            params.append(click.Option([f"{flag}/--no-{flag[2:]}", f.name], default=None, help=help))
-        else:
-            params.append(click.Option([flag, f.name], type=CLICK_TYPES.get(type_name, str), default=None, help=help))
-    return params
 
 
 def _print_result(run: Path, result: dict) -> None:
@@ -62,7 +47,7 @@ def _load(config_file, preset, kw) -> PipelineConfig:
 
 
 def register(app: click.Group) -> None:
-    @click.command("pipeline", params=[click.Argument(["config_file"], type=click.Path(exists=True, dir_okay=False))] + _options(PipelineConfig))
+    @click.command("pipeline", params=[click.Argument(["config_file"], type=click.Path(exists=True, dir_okay=False))] + dataclass_options(PipelineConfig))
     def pipeline(config_file, **kw):
         """Run the RLHF pipeline described by CONFIG_FILE (YAML): SFT, preferences from the simulated
         panel, reward model, PPO, best-of-n, expert iteration, evaluation. Flags override the file."""
@@ -71,7 +56,7 @@ def register(app: click.Group) -> None:
 
     @click.command("demo", params=[click.Option(["--preset"], type=click.Choice(list(PRESETS)), default="demo", show_default=True,
                                                 help="demo: SmolLM2-135M (~15 min on 2 CPU cores); smoke: the tiny model (< 2 min).")]
-                   + _options(PipelineConfig))
+                   + dataclass_options(PipelineConfig))
     def demo(preset, **kw):
         """The pipeline on the bundled config (movie-review continuation, SmolLM2-135M-Instruct), then the
         lecture's comparison table."""

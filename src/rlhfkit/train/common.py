@@ -192,6 +192,16 @@ def load_trainer_state(ckpt: Path) -> dict:
     return torch.load(ckpt / "trainer_state.pt", weights_only=False)
 
 
+def restore_trainer_state(ckpt: Path, optimizer, scheduler, batches: Batches) -> int:
+    """Put optimiser, scheduler, data position and every RNG back as a checkpoint left them; returns its step."""
+    st = load_trainer_state(ckpt)
+    optimizer.load_state_dict(st["optimizer"])
+    scheduler.load_state_dict(st["scheduler"])
+    batches.load(st["data"])
+    set_rng_state(st["rng"])
+    return st["step"]
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     ckpts = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))

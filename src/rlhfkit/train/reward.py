@@ -20,8 +20,8 @@ from rlhfkit.data import Preference, load_preferences, read_jsonl
 from rlhfkit.models import RewardModel, load_tokenizer
 from rlhfkit.rollout import encode_prompts, encode_responses
 from rlhfkit.train.common import (
-    Batches, MetricsLog, Timer, latest_checkpoint, load_trainer_state, make_accelerator, make_optimizer,
-    progress_bar, rng_state, save_trainer_state, seed_everything, set_rng_state, write_run_info,
+    Batches, MetricsLog, Timer, latest_checkpoint, restore_trainer_state, make_accelerator, make_optimizer,
+    progress_bar, rng_state, save_trainer_state, seed_everything, write_run_info,
 )
 
 
@@ -162,14 +162,7 @@ def train_reward(cfg: RewardConfig, progress: bool = True) -> Path:
                                          head_lr=cfg.lr * cfg.head_lr_scale)
     rm, optimizer, scheduler = accelerator.prepare(rm, optimizer, scheduler)
     batches = Batches(len(train_groups), cfg.batch_size, cfg.seed)
-    step = 0
-    if resume_ckpt:
-        st = load_trainer_state(resume_ckpt)
-        optimizer.load_state_dict(st["optimizer"])
-        scheduler.load_state_dict(st["scheduler"])
-        batches.load(st["data"])
-        set_rng_state(st["rng"])
-        step = st["step"]
+    step = restore_trainer_state(resume_ckpt, optimizer, scheduler, batches) if resume_ckpt else 0
     if accelerator.is_main_process:
         write_run_info(out, cfg, model=cfg.model, data=cfg.data, pairs=len(pairs), groups=len(groups),
                        train_groups=len(train_groups), eval_groups=len(eval_groups))

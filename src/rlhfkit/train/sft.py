@@ -13,8 +13,8 @@ from rlhfkit.data import SFTExample, load_sft
 from rlhfkit.models import is_peft, load_causal_lm, load_tokenizer
 from rlhfkit.rollout import encode_prompts, encode_responses, forward_response
 from rlhfkit.train.common import (
-    Batches, MetricsLog, Timer, latest_checkpoint, load_trainer_state, lora_settings, make_accelerator,
-    make_optimizer, progress_bar, rng_state, save_trainer_state, seed_everything, set_rng_state, write_run_info,
+    Batches, MetricsLog, Timer, latest_checkpoint, restore_trainer_state, lora_settings, make_accelerator,
+    make_optimizer, progress_bar, rng_state, save_trainer_state, seed_everything, write_run_info,
 )
 
 
@@ -60,14 +60,7 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
     optimizer, scheduler = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     batches = Batches(len(examples), cfg.batch_size, cfg.seed)
-    step = 0
-    if resume_ckpt:
-        st = load_trainer_state(resume_ckpt)
-        optimizer.load_state_dict(st["optimizer"])
-        scheduler.load_state_dict(st["scheduler"])
-        batches.load(st["data"])
-        set_rng_state(st["rng"])
-        step = st["step"]
+    step = restore_trainer_state(resume_ckpt, optimizer, scheduler, batches) if resume_ckpt else 0
     if accelerator.is_main_process:
         write_run_info(out, cfg, model=cfg.model, data=cfg.data, examples=len(examples))
     log = MetricsLog(out, accelerator.is_main_process, resume_step=step if resume_ckpt else None)
