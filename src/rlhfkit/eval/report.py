@@ -590,7 +590,8 @@ def write_report(run_dir: Path | str) -> tuple[Path, Path]:
               else "n per method: " + ", ".join(f"{display_name(k)} {m.get('n')}" for k, m in _sorted_methods(winrates)))
     intro = (f"Win-rate = share of eval prompts on which the panel preferred the method's response to "
              f"{display_name(ref)}'s (ties count half); SE = standard error of the mean outcome; {n_text}. "
-             f"Gold/proxy reward, KL to the reference and length are means over the same prompts.")
+             f"Gold/proxy reward, KL and length are means over the same prompts; KL is to the SFT policy, estimated "
+             f"on each method's own samples (best-of-n: the analytic log n - (n-1)/n); length in words.")
 
     # ---- markdown
     md = [f"# Evaluation report — {run_dir.name}", "", intro, "", format_table(winrates), "", "## Verdicts", ""]
