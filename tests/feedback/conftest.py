@@ -42,21 +42,7 @@ def db_url(request, tmp_path: Path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'feedback.db'}"
         return
-    base = pg_url_or_skip()
-    import sqlalchemy as sa
-
-    from rlhfkit.feedback.db import normalize_url
-
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(normalize_url(base), isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    try:
-        yield _with_schema(base, schema)
-    finally:
-        with admin.connect() as c:
-            c.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
+    yield from _pg_schema()
 
 
 @pytest.fixture
@@ -138,9 +124,8 @@ PAIRWISE_TASK = {"prompt": "Say hello.", "kind": "pairwise", "reference": "sft",
     {"text": "Hello!", "source": "ppo"}, {"text": "hi", "source": "sft"}]}
 
 
-@pytest.fixture
-def db_url_pg():
-    """A fresh schema on the test PostgreSQL server (skips without one, fails under RLHFKIT_REQUIRE_PG=1)."""
+def _pg_schema():
+    """Yield the URL of a fresh private schema on the test PostgreSQL server; drop it afterwards."""
     base = pg_url_or_skip()
     import sqlalchemy as sa
 
@@ -156,3 +141,9 @@ def db_url_pg():
         with admin.connect() as c:
             c.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
         admin.dispose()
+
+
+@pytest.fixture
+def db_url_pg():
+    """A fresh schema on the test PostgreSQL server (skips without one, fails under RLHFKIT_REQUIRE_PG=1)."""
+    yield from _pg_schema()

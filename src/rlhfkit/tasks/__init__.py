@@ -7,7 +7,6 @@ gold judge is the simulated annotator panel in ``rlhfkit.annotators``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,23 +33,16 @@ def read_split(path: Path, *, with_completion: bool) -> list[dict]:
     Every line must be a JSON object with a non-empty string "prompt" (and "completion"
     when ``with_completion``). Errors name the file, the line and the field.
     """
+    from rlhfkit.data import read_jsonl  # one reader for every JSONL file: FILE:LINE errors, objects only
+
     rows: list[dict] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path.name}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path.name}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            fields = ("prompt", "completion") if with_completion else ("prompt",)
-            for key in fields:
-                val = row.get(key)
-                if not isinstance(val, str) or not val.strip():
-                    raise ValueError(f'{path.name}:{lineno}: "{key}" must be a non-empty string')
-            rows.append(row)
+    fields = ("prompt", "completion") if with_completion else ("prompt",)
+    for lineno, row in read_jsonl(path):
+        for key in fields:
+            val = row.get(key)
+            if not isinstance(val, str) or not val.strip():
+                raise ValueError(f'{path}:{lineno}: "{key}" must be a non-empty string')
+        rows.append(row)
     return rows
 
 
