@@ -296,6 +296,30 @@ def test_reward_score_at_last_real_token_whatever_the_padding(tok):
             torch.testing.assert_close(rm(ids, mask), alone, rtol=0, atol=1e-5, msg=side)
 
 
+def test_reward_shared_prompt_path_equals_full_pass_with_gradients(tok):
+    """Several responses per prompt: each distinct prompt runs once and its KV cache serves its
+    responses. Scores and gradients equal the plain full pass (an empty response reads the prompt's
+    last token)."""
+    from rlhfkit.rollout import encode_prompts, encode_responses
+
+    rm = _random_head_rm(3).train()
+    prompts = ["Review: a quiet film.", "Review: a quiet film.", "Hi", "Review: a quiet film.", "Hi"]
+    responses = ["Lovely.", "It drags on and on for far too long.", "Fine", "", "A good one, with a sad ending."]
+    p_ids, p_mask = encode_prompts(tok, prompts)
+    r_ids, r_mask = encode_responses(tok, responses, add_eos=False)
+    ids, mask = torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1)
+    shared = rm(ids, mask, response_start=p_ids.shape[1])
+    (shared * torch.arange(1.0, 6.0)).sum().backward()
+    g_shared = [p.grad.clone() for p in rm.parameters()]
+    rm.zero_grad()
+    plain = rm(ids, mask)
+    (plain * torch.arange(1.0, 6.0)).sum().backward()
+    torch.testing.assert_close(shared, plain, rtol=0, atol=1e-5)
+    for a, b in zip(g_shared, [p.grad for p in rm.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=2e-5)
+    assert shared.std() > 1e-3  # the scores differ between responses: the comparison can fail
+
+
 def test_reward_model_roundtrip_keeps_scores_and_normalisation(tmp_path, tok):
     from transformers import AutoModelForSequenceClassification
 

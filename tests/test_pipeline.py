@@ -30,9 +30,10 @@ def test_smoke_demo_writes_the_table_and_report(smoke_run):
     assert set(w["methods"]) == set(METHODS)
     for name, m in w["methods"].items():
         assert {"win_rate", "stderr", "gold_reward", "proxy_reward", "kl", "length", "n"} <= set(m)
-        assert 0.0 <= m["win_rate"] <= 1.0 and m["n"] == 12
+        n = 8 if name == "best_of_n" else 12  # the smoke preset: best-of-n answers the first 8 of 12 prompts
+        assert 0.0 <= m["win_rate"] <= 1.0 and m["n"] == n
         rows = [json.loads(l) for l in (out / "samples" / f"{name}.jsonl").read_text().splitlines()]
-        assert len(rows) == 12
+        assert len(rows) == n
         assert {"prompt", "response", "gold", "proxy", "kl", "length", "outcome"} <= set(rows[0])
         # the win-rate is the mean outcome of the sample file (ties count half)
         assert math.isclose(m["win_rate"], sum(r["outcome"] for r in rows) / len(rows), abs_tol=1e-9)
@@ -40,7 +41,11 @@ def test_smoke_demo_writes_the_table_and_report(smoke_run):
     assert w["methods"]["initial"]["win_rate"] == 0.5
     assert math.isclose(w["methods"]["best_of_n"]["kl"], math.log(4) - 3 / 4, abs_tol=1e-9)
     md = (out / "report.md").read_text()
-    assert "Simulated win-rate (%)" in md and "PPO" in md and "Best-of-n" in md
+    assert "Simulated win-rate (%)" in md and "PPO" in md and "Best-of-n" in md and "| Prompts |" in md
+    # best-of-n's rows are paired with the same prompts' reference answers
+    ref = {r["prompt"]: r["response"] for r in map(json.loads, (out / "samples" / "initial.jsonl").read_text().splitlines())}
+    for r in map(json.loads, (out / "samples" / "best_of_n.jsonl").read_text().splitlines()):
+        assert r["reference_response"] == ref[r["prompt"]]
     html = (out / "report.html").read_text()
     assert "<img" in html and "Expert iteration" in html
     assert (out / "prefs" / "rankings.jsonl").exists() and (out / "prefs" / "agreement.json").exists()

@@ -190,6 +190,26 @@ def test_sampled_logprobs_equal_full_forward(lm, tok, prompts):
     assert (out["entropy"][:, 0] > 10).all()  # log(49152) = 10.8 for the random tiny model
 
 
+def test_repeated_prompts_share_one_prefill(lm, tok, prompts):
+    """n samples per prompt: the prompt runs once (the model sees the distinct prompts only), and the
+    log-probs still equal a full forward pass; forward_response(share_prompts=True) agrees too."""
+    ids, mask = prompts
+    rep = torch.tensor([0, 0, 0, 2, 1, 2, 0])
+    model, T, _ = forced_eos_setup(lm, tok, mask[rep])
+    cfg = GenerationConfig(max_new_tokens=T, temperature=1.0)
+    r_ids, r_mask, logps, _ = sample_batch(model, ids[rep], mask[rep], cfg, tok.eos_token_id, tok.pad_token_id,
+                                           torch.Generator().manual_seed(4))
+    assert model.batch_sizes[0] == 3  # the prefill saw 3 distinct prompts for 7 rows
+    assert len({tuple(r) for r in r_ids[rep == 0].tolist()}) > 1  # the copies still sample independently
+    m = r_mask.bool()
+    with torch.no_grad():
+        full = forward_response(model, ids[rep], mask[rep], r_ids, r_mask)["logprobs"]
+        shared = forward_response(model, ids[rep], mask[rep], r_ids, r_mask, share_prompts=True, with_entropy=True)
+    torch.testing.assert_close(full[m], logps[m], rtol=0, atol=1e-4)
+    torch.testing.assert_close(shared["logprobs"][m], logps[m], rtol=0, atol=1e-4)
+    assert shared["entropy"].shape == r_ids.shape
+
+
 def test_logprobs_at_the_sampling_temperature(lm, tok, prompts):
     ids, mask = prompts
     model, T, _ = forced_eos_setup(lm, tok, mask)

@@ -365,15 +365,34 @@ class RewardModel(nn.Module):
         inner = self.model.get_base_model() if is_peft(self.model) else self.model
         return inner.base_model, inner.score
 
-    def forward(self, input_ids, attention_mask, normalize: bool = False) -> torch.Tensor:
-        """input_ids, attention_mask: (B, L), any padding side. Returns (B,) scores at the last real token."""
+    def forward(self, input_ids, attention_mask, normalize: bool = False, response_start: int | None = None) -> torch.Tensor:
+        """input_ids, attention_mask: (B, L), any padding side. Returns (B,) scores at the last real token.
+
+        ``response_start``: columns before it are left-padded prompts and the rest right-padded
+        responses; each distinct prompt then runs once and its KV cache serves all its responses (the K
+        responses of a ranking, the n candidates of best-of-n), gradients included."""
         backbone, head = self._parts()
+        if response_start is not None and 0 < response_start < input_ids.shape[1]:
+            from rlhfkit.rollout import continue_from_cache, distinct_rows, prefill_distinct
+
+            p_ids, p_mask = input_ids[:, :response_start], attention_mask[:, :response_start]
+            r_ids, r_mask = input_ids[:, response_start:], attention_mask[:, response_start:]
+            if distinct_rows(p_ids, p_mask) is not None:
+                cache, prompt_hidden = prefill_distinct(backbone, p_ids, p_mask)
+                hidden = continue_from_cache(backbone, cache, p_mask, r_ids, r_mask).last_hidden_state
+                # the last real token: the response's last, or the prompt's for an empty response
+                hidden = torch.cat([prompt_hidden[:, -1:], hidden], dim=1)
+                picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), r_mask.long().sum(1)]
+                return self._head(head, picked, normalize)
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
         L = attention_mask.shape[1]
         idx = torch.arange(L, device=attention_mask.device).expand_as(attention_mask)
         last = torch.where(attention_mask.bool(), idx, torch.full_like(idx, -1)).max(dim=1).values.clamp(min=0)
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return self._head(head, picked, normalize)
+
+    def _head(self, head, picked, normalize: bool) -> torch.Tensor:
         scores = head(picked.to(head.weight.dtype)).squeeze(-1).float()
         if normalize:
             scores = (scores - self.config.rlhfkit_reward_mean) / self.config.rlhfkit_reward_std

@@ -149,6 +149,49 @@ def autocast_context(device: torch.device | str, bf16: bool):
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
+def distinct_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+    """Rows that repeat a prompt (n samples of one prompt, K responses to rank): ``(first, inverse)``
+    with ``prompt_ids[first][inverse] == prompt_ids``, or None when every row is distinct."""
+    key = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    n = int(inverse.max().item()) + 1 if len(inverse) else 0
+    if n == len(key):
+        return None
+    rows = torch.arange(len(key), device=key.device)
+    first = torch.full((n,), len(key), dtype=torch.long, device=key.device).scatter_reduce(0, inverse, rows, "amin")
+    return first, inverse
+
+
+def prefill_distinct(model, prompt_ids, prompt_mask, **kwargs):
+    """Run each distinct prompt once with a KV cache, then copy its cache rows to every row that repeats
+    it. The prompt is most of a row's tokens here (a 78-token chat prompt, ~35 response tokens), so n
+    samples of one prompt cost one prompt pass instead of n. ``model`` is a causal LM (returns
+    ``(cache, logits)``) or a bare backbone (returns ``(cache, last_hidden_state)``). Positions come
+    from the mask (left padding)."""
+    groups = distinct_rows(prompt_ids, prompt_mask)
+    if groups is not None:
+        first, inverse = groups
+        prompt_ids, prompt_mask = prompt_ids[first], prompt_mask[first]
+    attn = prompt_mask.long()
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, use_cache=True, **kwargs)
+    rows = out.logits if hasattr(out, "logits") else out.last_hidden_state
+    cache = out.past_key_values
+    if groups is not None:
+        cache.batch_select_indices(inverse)
+        rows = rows[inverse]
+    return cache, rows
+
+
+def continue_from_cache(model, cache, prompt_mask, ids, mask, **kwargs):
+    """Forward ``ids`` (right-padded, (B, T)) after the cached left-padded prompts: positions continue
+    from each row's real prompt length."""
+    T = ids.shape[1]
+    attn = torch.cat([prompt_mask.long(), mask.long()], dim=1)
+    pos = prompt_mask.long().sum(1, keepdim=True) + torch.arange(T, device=ids.device)
+    return model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, **kwargs)
+
+
 @torch.no_grad()
 def sample_batch(model, prompt_ids, prompt_mask, cfg: GenerationConfig, eos_token_id: int, pad_token_id: int,
                  generator: torch.Generator | None = None, bf16: bool = False):
@@ -164,8 +207,8 @@ def sample_batch(model, prompt_ids, prompt_mask, cfg: GenerationConfig, eos_toke
     attn = prompt_mask.long()
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     with autocast_context(device, bf16):
-        out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache, logits = out.past_key_values, out.logits[:, -1]
+        cache, logits = prefill_distinct(model, prompt_ids, attn, logits_to_keep=1)
+    logits = logits[:, -1]
     live = torch.arange(B, device=device)
     next_pos = pos[:, -1] + 1
     for t in range(T):
@@ -252,14 +295,24 @@ def concat_rollouts(parts, pad_id: int) -> Rollout:
 
 
 def forward_response(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float = 1.0,
-                     with_values: bool = False, with_entropy: bool = False):
+                     with_values: bool = False, with_entropy: bool = False, share_prompts: bool = False):
     """Per-token log-probs of the response under ``model`` (and values when it is a PolicyWithValue).
 
     Only the response positions' logits are computed (``logits_to_keep``): the LM head is a large part
     of a small model's cost and the prompt's logits are never used. Returns a dict with ``logprobs``
-    (B, T), optionally ``values`` (B, T) and ``entropy`` (B, T).
+    (B, T), optionally ``values`` (B, T) and ``entropy`` (B, T). ``share_prompts``: run each distinct
+    prompt once (for several responses to one prompt; no values).
     """
     T = response_ids.shape[1]
+    if share_prompts and not with_values and distinct_rows(prompt_ids, prompt_mask) is not None:
+        cache, last = prefill_distinct(model, prompt_ids, prompt_mask, logits_to_keep=1)
+        rest = continue_from_cache(model, cache, prompt_mask, response_ids[:, :-1], response_mask[:, :-1]).logits if T > 1 else last[:, :0]
+        logits = torch.cat([last, rest], dim=1)
+        out = {"logprobs": ops.token_logprobs(logits, response_ids, temperature=temperature)}
+        if with_entropy:
+            with torch.no_grad():
+                out["entropy"] = ops.entropy_from_logits(logits.detach().float() / temperature)
+        return out
     ids = torch.cat([prompt_ids, response_ids], dim=1)
     attn = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)
     if with_values:

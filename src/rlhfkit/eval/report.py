@@ -85,6 +85,10 @@ def table_rows(winrates: Mapping) -> tuple[list[str], list[list[str]]]:
     if human:
         header.append("Human win-rate (%) ± SE")
     header += ["Gold reward", "Proxy reward", "KL", "Length"]
+    # methods may answer different numbers of prompts (best-of-n only a subset): say so in the table
+    with_n = len({m.get("n") for m in winrates["methods"].values()}) > 1
+    if with_n:
+        header.append("Prompts")
     rows = []
     for name, m in _sorted_methods(winrates):
         row = [display_name(name), _pct_se(m["win_rate"], m.get("stderr"))]
@@ -96,6 +100,8 @@ def table_rows(winrates: Mapping) -> tuple[list[str], list[list[str]]]:
             _num(m.get("kl"), ".2f"),
             _num(m.get("length"), ".1f"),
         ]
+        if with_n:
+            row.append(_num(m.get("n"), "d"))
         rows.append(row)
     return header, rows
 

@@ -54,13 +54,14 @@ class PipelineConfig:
     ppo_log_gold: bool = opt(True, "Log the panel's gold reward of every PPO batch (for the over-optimisation plot).")
     # best-of-n and expert iteration
     bon_n: int = opt(16, "Candidates per prompt for best-of-n.")
+    bon_prompts: int = opt(96, "Eval prompts best-of-n answers (the first ones; 0: all eval prompts): n samples each are its cost.")
     ei_rounds: int = opt(2, "Expert-iteration rounds (best-of-n then SFT on the winners).")
     ei_prompts: int = opt(40, "Prompts per expert-iteration round (from the unlabeled split).")
     ei_n: int = opt(4, "Candidates per prompt in expert iteration.")
     ei_epochs: float = opt(1.0, "SFT passes over the winners per round.")
     ei_lr: float = opt(5e-5, "Expert-iteration SFT learning rate.")
     # evaluation
-    eval_prompts: int = opt(96, "Eval prompts (the task ships 300).")
+    eval_prompts: int = opt(300, "Eval prompts (the task ships 300).")
     human: str | None = opt(None, "Human judgments (rlhfkit feedback export --kind eval) to add a human win-rate column.")
 
 
@@ -70,7 +71,7 @@ PRESETS = {
     # the same code path on the tiny random model in well under 2 minutes (make test runs it)
     "smoke": dict(model="tiny", bf16=False, max_new_tokens=8, gen_batch_size=32, sft_examples=16, sft_lr=1e-3,
                   pref_prompts=8, rm_epochs=1.0, rm_lr=1e-3, ppo_steps=2, ppo_batch_size=8, ppo_minibatch_size=4,
-                  ppo_lr=1e-3, bon_n=4, ei_rounds=2, ei_prompts=8, ei_n=2, ei_lr=1e-3, eval_prompts=12,
+                  ppo_lr=1e-3, bon_n=4, ei_rounds=2, ei_prompts=8, ei_n=2, ei_lr=1e-3, eval_prompts=12, bon_prompts=8,
                   system_prompt=None),
 }
 

@@ -76,33 +76,34 @@ class Context:
 
 class InitialModelFluency:
     """Mean log p(response tokens | chat-framed opening) under the frozen initial model (the panel's
-    fluency feature), computed with our batched forward: response-only logits, bf16 when asked."""
+    fluency feature), computed with our batched forward: response-only logits, bf16 when asked, each
+    distinct opening run once for all its responses, and every (opening, response) scored once per run
+    (the evaluation asks for the reference's and each method's fluency several times)."""
 
-    def __init__(self, model: str, format_prompt, bf16: bool, batch_size: int = 32):
+    def __init__(self, model: str, format_prompt, bf16: bool, batch_size: int = 64):
         self.model_name, self.format_prompt, self.bf16, self.batch_size = model, format_prompt, bf16, batch_size
         self._lm = self._tok = None
+        self._memo: dict[tuple[str, str], float] = {}
 
     @torch.no_grad()
     def __call__(self, openings, responses) -> np.ndarray:
         from rlhfkit.models import load_causal_lm, load_tokenizer
         from rlhfkit.rollout import autocast_context, encode_prompts, encode_responses, forward_response
 
-        if self._lm is None:
+        keys = list(zip(openings, responses))
+        todo = sorted({k for k in keys if k not in self._memo and k[1].strip()})  # grouped by opening
+        if todo and self._lm is None:
             self._tok = load_tokenizer(self.model_name)
             self._lm = load_causal_lm(self.model_name, trainable=False).eval()
-        out = np.full(len(responses), np.nan)
-        order = sorted(range(len(responses)), key=lambda i: len(responses[i]))
-        for s in range(0, len(order), self.batch_size):
-            idx = [i for i in order[s : s + self.batch_size] if responses[i].strip()]
-            if not idx:
-                continue
-            p_ids, p_mask = encode_prompts(self._tok, [self.format_prompt(openings[i]) for i in idx])
-            r_ids, r_mask = encode_responses(self._tok, [responses[i] for i in idx], add_eos=False, max_tokens=128)
+        for s in range(0, len(todo), self.batch_size):
+            chunk = todo[s : s + self.batch_size]
+            p_ids, p_mask = encode_prompts(self._tok, [self.format_prompt(o) for o, _ in chunk])
+            r_ids, r_mask = encode_responses(self._tok, [r for _, r in chunk], add_eos=False, max_tokens=128)
             with autocast_context("cpu", self.bf16):
-                lp = forward_response(self._lm, p_ids, p_mask, r_ids, r_mask)["logprobs"].float()
+                lp = forward_response(self._lm, p_ids, p_mask, r_ids, r_mask, share_prompts=True)["logprobs"].float()
             mean = (lp * r_mask).sum(1) / r_mask.sum(1).clamp(min=1)
-            out[idx] = mean.double().numpy()
-        return out
+            self._memo.update(zip(chunk, mean.double().tolist()))
+        return np.array([self._memo.get(k, np.nan) for k in keys], dtype=float)
 
 
 def _gen_cfg(ctx: Context, temperature: float):
@@ -192,7 +193,7 @@ def stage_reward(ctx: Context) -> Path:
 def reward_scorer(ctx: Context):
     from rlhfkit.train.reward import RewardScorer
 
-    return RewardScorer.load(ctx.run / "reward", ctx.cfg.system_prompt, batch_size=32, bf16=ctx.cfg.bf16)
+    return RewardScorer.load(ctx.run / "reward", ctx.cfg.system_prompt, batch_size=64, bf16=ctx.cfg.bf16)
 
 
 def stage_ppo(ctx: Context) -> Path:
@@ -225,7 +226,7 @@ def best_of_n(ctx: Context, model_path, prompts: list[str], n: int, seed: int, l
 
 def stage_best_of_n(ctx: Context) -> Path:
     c = ctx.cfg
-    prompts = ctx.frame(ctx.split("eval", c.eval_prompts))
+    prompts = ctx.frame(ctx.split("eval", min(c.bon_prompts or c.eval_prompts, c.eval_prompts)))
     picked, rows = best_of_n(ctx, ctx.run / "sft", prompts, c.bon_n, c.seed + 1000, f"best-of-{c.bon_n}: sampling")
     write_jsonl(ctx.run / "best_of_n" / "candidates.jsonl", rows)
     return write_jsonl(ctx.run / "best_of_n" / "responses.jsonl", [{"prompt": p, "response": r} for p, r in zip(prompts, picked)])
@@ -253,19 +254,31 @@ def stage_expert_iteration(ctx: Context) -> Path:
 
 
 @torch.no_grad()
-def sequence_logprobs(model, ro, temperature: float, bf16: bool, batch_size: int = 32) -> torch.Tensor:
-    """(B,) log pi(y | x) of a rollout's responses under ``model`` at ``temperature``."""
+def reference_logprobs(model, rollouts: list, temperature: float, bf16: bool, batch_prompts: int = 16) -> list[torch.Tensor]:
+    """log pi(y | x) under ``model`` of each rollout's responses ((B,) per rollout). The rollouts answer
+    the same prompts in the same order, so each batch holds a few prompts with every rollout's answer to
+    them, and each prompt runs once for all of them."""
     from rlhfkit import ops
-    from rlhfkit.rollout import autocast_context, forward_response
+    from rlhfkit.rollout import _pad_to, autocast_context, forward_response
 
+    if not rollouts:
+        return []
+    if any(not torch.equal(ro.prompt_ids, rollouts[0].prompt_ids) for ro in rollouts[1:]):  # other tokenizers
+        return [reference_logprobs(model, [ro], temperature, bf16, batch_prompts)[0] for ro in rollouts]
+    B, k = len(rollouts[0]), len(rollouts)
+    T = max(ro.response_ids.shape[1] for ro in rollouts)
+    r_ids = torch.stack([_pad_to(ro.response_ids, T, 0, False) for ro in rollouts], 1).flatten(0, 1)  # (B*k, T)
+    r_mask = torch.stack([_pad_to(ro.response_mask, T, 0, False) for ro in rollouts], 1).flatten(0, 1)
+    p_ids = rollouts[0].prompt_ids.repeat_interleave(k, 0)
+    p_mask = rollouts[0].prompt_mask.repeat_interleave(k, 0)
     out = []
-    for i in range(0, len(ro), batch_size):
-        sl = slice(i, i + batch_size)
+    for i in range(0, B * k, batch_prompts * k):
+        sl = slice(i, i + batch_prompts * k)
         with autocast_context("cpu", bf16):
-            lp = forward_response(model, ro.prompt_ids[sl], ro.prompt_mask[sl], ro.response_ids[sl], ro.response_mask[sl],
-                                  temperature=temperature)["logprobs"].float()
-        out.append(ops.sequence_logprobs(lp, ro.response_mask[sl]))
-    return torch.cat(out)
+            lp = forward_response(model, p_ids[sl], p_mask[sl], r_ids[sl], r_mask[sl], temperature=temperature,
+                                  share_prompts=True)["logprobs"].float()
+        out.append(ops.sequence_logprobs(lp, r_mask[sl]))
+    return list(torch.cat(out).view(B, k).unbind(1))
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -298,30 +311,44 @@ def stage_eval(ctx: Context) -> dict:
     responses: dict[str, list[str]] = {}
     kls: dict[str, list[float]] = {}
     bon_rows = _read_rows(ctx.run / "best_of_n" / "candidates.jsonl")
-    if [r["prompt"] for r in bon_rows] == prompts and "sft" in models:
+    if bon_rows and [r["prompt"] for r in bon_rows] == prompts and "sft" in models:
         # best-of-n's first candidate of each prompt is a sample of the SFT model at the eval temperature and
         # seed: it serves as SFT's answer (and the comparison of the two is then paired on the same draw)
         responses["sft"], kls["sft"] = [r["candidates"][0] for r in bon_rows], [0.0] * len(prompts)
+    sampled = {}
     for name, path in models.items():
         if name in responses:
             continue
         lm = sft_lm if name == "sft" else load_causal_lm(path, trainable=False)
-        ro = sample(ctx, path, prompts, 1, c.eval_temperature, c.seed + 1000, f"eval: {name}", lm=lm)
-        responses[name] = ro.responses
-        if sft_lm is not None and name != "sft":
-            kls[name] = (sequence_logprobs(lm, ro, c.eval_temperature, c.bf16) - sequence_logprobs(sft_lm, ro, c.eval_temperature, c.bf16)).tolist()
-        else:
-            kls[name] = [0.0] * len(prompts)
-    if [r["prompt"] for r in bon_rows] == prompts:
+        sampled[name] = sample(ctx, path, prompts, 1, c.eval_temperature, c.seed + 1000, f"eval: {name}", lm=lm)
+        responses[name] = sampled[name].responses
+    # KL to SFT on each method's own samples: log pi_M(y|x) was recorded while sampling (at the eval
+    # temperature); log pi_SFT(y|x) comes from one pass per prompt over all methods' answers
+    others = [n for n in sampled if n != "sft"]
+    if sft_lm is not None and others:
+        for name, lp_sft in zip(others, reference_logprobs(sft_lm, [sampled[n] for n in others], c.eval_temperature, c.bf16)):
+            ro = sampled[name]
+            kls[name] = ((ro.logprobs * ro.response_mask).sum(1) - lp_sft).tolist()
+    for name in responses:
+        kls.setdefault(name, [0.0] * len(prompts))
+    if bon_rows and [r["prompt"] for r in bon_rows] == prompts[: len(bon_rows)]:
+        # best-of-n may answer only the first bon_prompts eval prompts (16 samples each are its cost)
         responses["best_of_n"] = [r["candidates"][r["best"]] for r in bon_rows]
         n = len(bon_rows[0]["candidates"])
-        kls["best_of_n"] = [math.log(n) - (n - 1) / n] * len(prompts)
+        kls["best_of_n"] = [math.log(n) - (n - 1) / n] * len(bon_rows)
     reference = responses["initial"]
     samples_dir = ctx.run / "samples"
+    # score every method's answers in one pass, grouped by prompt (each prompt then runs once per model):
+    # the panel's fluency feature under the initial model (remembered for the comparisons) and the proxy
+    flat = [(i, name) for i in range(len(prompts)) for name in responses if i < len(responses[name])]
+    flat_r = [responses[name][i] for i, name in flat]
+    gold_flat = np.asarray(ctx.panel.gold_reward([openings[i] for i, _ in flat], flat_r))
+    proxy_flat = scorer([prompts[i] for i, _ in flat], flat_r).tolist() if scorer is not None else [None] * len(flat)
     for name, resp in responses.items():
-        gold = ctx.panel.gold_reward(openings, resp)
-        proxy = scorer(prompts, resp).tolist() if scorer is not None else [None] * len(resp)
-        outcome = ctx.panel.compare(openings, resp, reference, noise=False)
+        rows = [j for j, (_, m) in enumerate(flat) if m == name]
+        gold = gold_flat[rows]
+        proxy = [proxy_flat[j] for j in rows]
+        outcome = ctx.panel.compare(openings[: len(resp)], resp, reference[: len(resp)], noise=False)
         write_jsonl(samples_dir / f"{name}.jsonl", [
             {"prompt": o, "response": r, "gold": float(g), "proxy": p, "kl": float(k), "length": len(r.split()),
              "outcome": float(w), "reference_response": ref}

@@ -26,12 +26,13 @@ from rlhfkit.train.common import (
 
 
 def encode_pairs_input(tokenizer, prompts: list[str], responses: list[str], cfg, device="cpu"):
-    """(prompt, response) texts -> (ids, mask) of chat prompt + response + EOS; prompts left-padded,
-    responses right-padded, so the attention mask marks exactly the real tokens."""
+    """(prompt, response) texts -> (ids, mask, response_start) of chat prompt + response + EOS; prompts
+    left-padded, responses right-padded from column ``response_start``, so the attention mask marks
+    exactly the real tokens."""
     p_ids, p_mask = encode_prompts(tokenizer, prompts, cfg.system_prompt, device)
     p_ids, p_mask = p_ids[:, -cfg.max_prompt_tokens :], p_mask[:, -cfg.max_prompt_tokens :]
     r_ids, r_mask = encode_responses(tokenizer, responses, True, cfg.max_completion_tokens, device)
-    return torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1)
+    return torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1), p_ids.shape[1]
 
 
 class RewardScorer:
@@ -60,9 +61,9 @@ class RewardScorer:
         device = next(self.rm.parameters()).device
         out = []
         for i in range(0, len(prompts), self.batch_size):
-            ids, mask = encode_pairs_input(self.tokenizer, prompts[i : i + self.batch_size], responses[i : i + self.batch_size], self.cfg, device)
+            ids, mask, start = encode_pairs_input(self.tokenizer, prompts[i : i + self.batch_size], responses[i : i + self.batch_size], self.cfg, device)
             with autocast_context(device, self.bf16):
-                out.append(self.rm(ids, mask, normalize=normalize).float())
+                out.append(self.rm(ids, mask, normalize=normalize, response_start=start).float())
         return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -88,8 +89,8 @@ def batch_loss(rm: RewardModel, tokenizer, groups: list[list[Preference]], cfg, 
                     texts.append(k)
                 dest.append(key_index[k])
             margins.append(p.margin if (use_margin and p.margin is not None) else 0.0)
-    ids, mask = encode_pairs_input(tokenizer, [t[0] for t in texts], [t[1] for t in texts], cfg, device)
-    scores = rm(ids, mask)
+    ids, mask, start = encode_pairs_input(tokenizer, [t[0] for t in texts], [t[1] for t in texts], cfg, device)
+    scores = rm(ids, mask, response_start=start)  # each prompt runs once for all its responses
     chosen, rejected = scores[torch.tensor(ci)], scores[torch.tensor(ri)]
     margin = torch.tensor(margins, dtype=scores.dtype, device=scores.device) if use_margin else None
     loss = ops.bradley_terry_loss(chosen, rejected, margin)
