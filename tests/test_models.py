@@ -296,6 +296,25 @@ def test_reward_score_at_last_real_token_whatever_the_padding(tok):
             torch.testing.assert_close(rm(ids, mask), alone, rtol=0, atol=1e-5, msg=side)
 
 
+def test_linears_cast_once_give_autocasts_numbers(tok):
+    """A frozen model with its linear weights stored in bf16 computes exactly what autocast computes
+    with fp32 weights (autocast casts them the same way at every call); embeddings stay fp32 and the
+    tied LM head gets its own copy."""
+    from rlhfkit.models import cast_linears_for_autocast
+    from rlhfkit.rollout import autocast_context
+
+    lm = load_causal_lm("tiny", trainable=False)
+    cast = cast_linears_for_autocast(load_causal_lm("tiny", trainable=False))
+    ids = torch.tensor([tok("A quiet film about a lighthouse keeper.", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad(), autocast_context("cpu", True):
+        want, got = lm(input_ids=ids).logits, cast(input_ids=ids).logits
+    assert torch.equal(want, got)
+    assert cast.get_input_embeddings().weight.dtype == torch.float32
+    assert cast.get_output_embeddings().weight.dtype == torch.bfloat16
+    with torch.no_grad():  # the test can fail: outside autocast the fp32 model differs
+        assert not torch.equal(lm(input_ids=ids).logits, want)
+
+
 def test_reward_shared_prompt_path_equals_full_pass_with_gradients(tok):
     """Several responses per prompt: each distinct prompt runs once and its KV cache serves its
     responses. Scores and gradients equal the plain full pass (an empty response reads the prompt's

@@ -129,12 +129,14 @@ def generate_cmd(model, prompts_file, out, num_samples, max_new_tokens, temperat
 
     def run():
         from rlhfkit.data import load_prompts, write_jsonl
-        from rlhfkit.models import load_causal_lm, load_tokenizer
+        from rlhfkit.models import cast_linears_for_autocast, default_device, load_causal_lm, load_tokenizer
         from rlhfkit.rollout import GenerationConfig, generate
 
         prompts = [r["prompt"] for r in load_prompts(prompts_file)]
         tok = load_tokenizer(model)
-        lm = load_causal_lm(model, trainable=False)
+        lm = load_causal_lm(model, trainable=False).to(default_device())
+        if bf16:
+            cast_linears_for_autocast(lm)
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size,
                                system_prompt=system_prompt)
         expanded = [p for p in prompts for _ in range(num_samples)]

@@ -211,6 +211,31 @@ class LoraSettings:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
+def default_device() -> torch.device:
+    """Where models that no trainer places run (sampling, scoring, the panel's fluency): the GPU when
+    there is one; ``RLHFKIT_DEVICE`` (cpu, cuda, cuda:1, ...) overrides. Trainers place theirs through
+    accelerate."""
+    name = os.environ.get("RLHFKIT_DEVICE")
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cast_linears_for_autocast(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """Store the weights of a frozen model's linear layers in ``dtype`` once, for use under autocast.
+
+    Autocast casts every fp32 weight to bf16 at every call: in token-by-token sampling that copy was a
+    quarter of a decoding step on the CPU. Casting once gives the same bf16 matmuls; embeddings and norms
+    stay fp32 (the residual stream keeps autocast's precision), and a tied LM head gets its own bf16
+    copy. The model must then run under ``autocast_context(device, True)``. Inference only."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.weight.dtype != dtype:
+            module.weight = nn.Parameter(module.weight.detach().to(dtype), requires_grad=False)
+            if module.bias is not None:
+                module.bias = nn.Parameter(module.bias.detach().to(dtype), requires_grad=False)
+    return model
+
+
 def load_causal_lm(name: str | os.PathLike, *, lora: LoraSettings | None = None, trainable: bool = True):
     """A causal LM from any model name; with ``lora`` wrapped in a peft model whose reference
     (initial) network is the same module with adapters disabled -- no second copy in memory.

@@ -119,7 +119,7 @@ def _sample_token(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.
         logp = torch.log_softmax(logits, -1)
         tok = logp.argmax(-1)
         return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
-    logp = torch.log_softmax(logits / cfg.temperature, -1)
+    logp = torch.log_softmax(logits / cfg.temperature if cfg.temperature != 1.0 else logits, -1)
     filtered = logp
     if cfg.top_k and cfg.top_k > 0:
         kth = torch.topk(filtered, min(cfg.top_k, filtered.shape[-1]), dim=-1).values[:, -1:]
@@ -131,13 +131,15 @@ def _sample_token(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.
         drop_sorted = (cum - sorted_logp.exp()) >= cfg.top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         filtered = filtered.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(filtered, -1)
+    # unnormalised after top-k/top-p: the uniform draw below is scaled by each row's total mass instead
+    probs = filtered.exp()
     # inverse-CDF sampling: one uniform number per row instead of one per vocabulary entry. On a CPU,
     # torch.multinomial (and any per-entry random draw) over a 49k vocabulary took a fifth of the sampling
     # time; a float64 cumsum and a binary search take a few milliseconds. Zero-probability tokens have
     # empty intervals and are never drawn.
     cdf = probs.double().cumsum(-1)
-    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
+    # the uniform numbers come from a CPU generator whatever the device: one seed, one stream, on any machine
+    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64).to(probs.device) * cdf[:, -1:]
     tok = torch.searchsorted(cdf, u).squeeze(-1).clamp(max=probs.shape[-1] - 1)
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
 
@@ -149,9 +151,15 @@ def autocast_context(device: torch.device | str, bf16: bool):
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
+# run a prompt that several rows repeat once (off only to measure what it saves: bench/generate.py --no-share)
+SHARE_REPEATED_PROMPTS = True
+
+
 def distinct_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
     """Rows that repeat a prompt (n samples of one prompt, K responses to rank): ``(first, inverse)``
     with ``prompt_ids[first][inverse] == prompt_ids``, or None when every row is distinct."""
+    if not SHARE_REPEATED_PROMPTS:
+        return None
     key = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1)
     _, inverse = torch.unique(key, dim=0, return_inverse=True)
     n = int(inverse.max().item()) + 1 if len(inverse) else 0

@@ -35,7 +35,7 @@ class RolloutGenerator:
         if name not in self._loaded:
             from rlhfkit import models
 
-            model = models.load_causal_lm(name, trainable=False)
+            model = models.load_causal_lm(name, trainable=False).to(models.default_device())
             model.eval()
             self._loaded[name] = (model, models.load_tokenizer(name))
         return self._loaded[name]

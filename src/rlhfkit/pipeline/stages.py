@@ -87,23 +87,33 @@ class InitialModelFluency:
 
     @torch.no_grad()
     def __call__(self, openings, responses) -> np.ndarray:
-        from rlhfkit.models import load_causal_lm, load_tokenizer
+        from rlhfkit.models import load_tokenizer
         from rlhfkit.rollout import autocast_context, encode_prompts, encode_responses, forward_response
 
         keys = list(zip(openings, responses))
         todo = sorted({k for k in keys if k not in self._memo and k[1].strip()})  # grouped by opening
         if todo and self._lm is None:
             self._tok = load_tokenizer(self.model_name)
-            self._lm = load_causal_lm(self.model_name, trainable=False).eval()
+            self._lm = load_frozen_lm(self.model_name, self.bf16).eval()
         for s in range(0, len(todo), self.batch_size):
             chunk = todo[s : s + self.batch_size]
-            p_ids, p_mask = encode_prompts(self._tok, [self.format_prompt(o) for o, _ in chunk])
-            r_ids, r_mask = encode_responses(self._tok, [r for _, r in chunk], add_eos=False, max_tokens=128)
-            with autocast_context("cpu", self.bf16):
+            device = next(self._lm.parameters()).device
+            p_ids, p_mask = encode_prompts(self._tok, [self.format_prompt(o) for o, _ in chunk], device=device)
+            r_ids, r_mask = encode_responses(self._tok, [r for _, r in chunk], add_eos=False, max_tokens=128, device=device)
+            with autocast_context(device, self.bf16):
                 lp = forward_response(self._lm, p_ids, p_mask, r_ids, r_mask, share_prompts=True)["logprobs"].float()
             mean = (lp * r_mask).sum(1) / r_mask.sum(1).clamp(min=1)
             self._memo.update(zip(chunk, mean.double().tolist()))
         return np.array([self._memo.get(k, np.nan) for k in keys], dtype=float)
+
+
+def load_frozen_lm(path, bf16: bool):
+    """A causal LM for sampling and scoring only, on the default device; with bf16, its linear weights are
+    cast once (the same numbers as autocast, without a weight copy per decoding step)."""
+    from rlhfkit.models import cast_linears_for_autocast, default_device, load_causal_lm
+
+    lm = load_causal_lm(path, trainable=False).to(default_device())
+    return cast_linears_for_autocast(lm) if bf16 else lm
 
 
 def _gen_cfg(ctx: Context, temperature: float):
@@ -116,12 +126,12 @@ def _gen_cfg(ctx: Context, temperature: float):
 
 def sample(ctx: Context, model_path, prompts: list[str], n: int, temperature: float, seed: int, label: str, lm=None):
     """n responses per prompt (grouped: prompt i's are rows i*n .. i*n+n-1). Returns the Rollout."""
-    from rlhfkit.models import load_causal_lm, load_tokenizer
+    from rlhfkit.models import load_tokenizer
     from rlhfkit.rollout import generate
     from rlhfkit.train.common import progress_bar
 
     tok = load_tokenizer(model_path)
-    lm = lm if lm is not None else load_causal_lm(model_path, trainable=False)
+    lm = lm if lm is not None else load_frozen_lm(model_path, ctx.cfg.bf16)
     expanded = [p for p in prompts for _ in range(n)]
     with progress_bar(len(expanded), label, disable=not ctx.progress) as bar:
         task = bar.add_task(label, total=len(expanded), info="")
@@ -274,7 +284,7 @@ def reference_logprobs(model, rollouts: list, temperature: float, bf16: bool, ba
     out = []
     for i in range(0, B * k, batch_prompts * k):
         sl = slice(i, i + batch_prompts * k)
-        with autocast_context("cpu", bf16):
+        with autocast_context(p_ids.device, bf16):
             lp = forward_response(model, p_ids[sl], p_mask[sl], r_ids[sl], r_mask[sl], temperature=temperature,
                                   share_prompts=True)["logprobs"].float()
         out.append(ops.sequence_logprobs(lp, r_mask[sl]))
@@ -300,14 +310,13 @@ def stage_eval(ctx: Context) -> dict:
     initial model's on the same prompt. KL to SFT is estimated on the method's own samples at the eval
     temperature: mean of log pi_M(y|x) - log pi_SFT(y|x); for best-of-n, the analytic log n - (n-1)/n."""
     from rlhfkit.eval import build_winrates, write_report
-    from rlhfkit.models import load_causal_lm
 
     c = ctx.cfg
     openings = ctx.split("eval", c.eval_prompts)
     prompts = ctx.frame(openings)
     models = method_models(ctx)
     scorer = reward_scorer(ctx) if (ctx.run / "reward" / "config.json").exists() else None
-    sft_lm = load_causal_lm(models["sft"], trainable=False) if "sft" in models else None
+    sft_lm = load_frozen_lm(models["sft"], c.bf16) if "sft" in models else None
     responses: dict[str, list[str]] = {}
     kls: dict[str, list[float]] = {}
     bon_rows = _read_rows(ctx.run / "best_of_n" / "candidates.jsonl")
@@ -319,11 +328,12 @@ def stage_eval(ctx: Context) -> dict:
     for name, path in models.items():
         if name in responses:
             continue
-        lm = sft_lm if name == "sft" else load_causal_lm(path, trainable=False)
+        lm = sft_lm if name == "sft" else load_frozen_lm(path, c.bf16)
         sampled[name] = sample(ctx, path, prompts, 1, c.eval_temperature, c.seed + 1000, f"eval: {name}", lm=lm)
         responses[name] = sampled[name].responses
     # KL to SFT on each method's own samples: log pi_M(y|x) was recorded while sampling (at the eval
-    # temperature); log pi_SFT(y|x) comes from one pass per prompt over all methods' answers
+    # temperature); log pi_SFT(y|x) comes from one pass per prompt over all methods' answers. (In bf16 a
+    # full pass and the token-by-token sampler differ by ~0.1 nat per sequence: noise next to the KLs here.)
     others = [n for n in sampled if n != "sft"]
     if sft_lm is not None and others:
         for name, lp_sft in zip(others, reference_logprobs(sft_lm, [sampled[n] for n in others], c.eval_temperature, c.bf16)):

@@ -94,6 +94,8 @@ class PPOTrainer:
         self.policy, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
         if self.ref is not None:
             self.ref.to(self.accelerator.device)
+        if isinstance(getattr(reward_fn, "rm", None), torch.nn.Module):  # a RewardScorer: score where we sample
+            reward_fn.rm.to(self.accelerator.device)
         self.kl_ctl = KLController(cfg.init_kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
         # each process samples its own share of a batch
         self.batches = Batches(len(prompts), cfg.batch_size, cfg.seed, drop_last=len(prompts) >= cfg.batch_size)
@@ -156,7 +158,7 @@ class PPOTrainer:
         mask = ro.response_mask.float()
         # 2. score (reward model or callable), then the per-token KL penalty inside the reward
         with timer("time_reward"):
-            scores = as_scores(self.reward_fn(prompts, ro.responses), len(prompts))
+            scores = as_scores(self.reward_fn(prompts, ro.responses), len(prompts)).to(mask.device)
             if cfg.missing_eos_penalty:
                 scores = scores - cfg.missing_eos_penalty * (~ro.ended).float()
             gold = as_scores(self.gold_fn(prompts, ro.responses), len(prompts)) if self.gold_fn else None
@@ -310,7 +312,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, gold_fn: Reward
         elif cfg.reward_model:
             from rlhfkit.train.reward import RewardScorer
 
-            reward_fn = RewardScorer.load(cfg.reward_model, cfg.system_prompt, cfg.reward_batch_size, bf16=cfg.mixed_precision == "bf16")
+            reward_fn = RewardScorer.load(cfg.reward_model, cfg.system_prompt, cfg.reward_batch_size, bf16=cfg.mixed_precision == "bf16",
+                                          device="cpu")  # the trainer moves it to its own device
         else:
             raise ValueError("PPO needs a reward: --reward-model DIR or --reward-fn module:function")
     return PPOTrainer(cfg, reward_fn, prompts, gold_fn, progress).train()

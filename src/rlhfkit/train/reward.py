@@ -46,11 +46,16 @@ class RewardScorer:
         rm.eval()
 
     @classmethod
-    def load(cls, path, system_prompt=None, batch_size: int = 32, bf16: bool = False) -> "RewardScorer":
+    def load(cls, path, system_prompt=None, batch_size: int = 32, bf16: bool = False, device=None) -> "RewardScorer":
         from types import SimpleNamespace
+
+        from rlhfkit.models import cast_linears_for_autocast, default_device
 
         rm = RewardModel.from_pretrained(path)
         rm.requires_grad_(False)
+        rm.to(device if device is not None else default_device())
+        if bf16:  # scoring only, always under autocast: cast the linear weights once
+            cast_linears_for_autocast(rm)
         cfg = SimpleNamespace(system_prompt=system_prompt, max_prompt_tokens=256, max_completion_tokens=128)
         return cls(rm, load_tokenizer(path), cfg, batch_size, bf16)
 
