@@ -9,6 +9,7 @@ soon as they emit EOS, so a batch costs what its live rows cost.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -265,8 +266,11 @@ def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig, *, see
     model.eval()
     parts = []
     try:
-        for i in range(0, len(prompts), cfg.batch_size):
-            chunk = prompts[i : i + cfg.batch_size]
+        # equal chunks of at most batch_size (300 prompts at 96: 4 x 75, not 96, 96, 96 and a slow 12)
+        n_chunks = max(1, math.ceil(len(prompts) / cfg.batch_size))
+        size = math.ceil(len(prompts) / n_chunks)
+        for i in range(0, len(prompts), size):
+            chunk = prompts[i : i + size]
             ids, mask = encode_prompts(tokenizer, chunk, cfg.system_prompt, device)
             r_ids, r_mask, r_lp, ended = sample_batch(
                 model, ids, mask, cfg, tokenizer.eos_token_id, tokenizer.pad_token_id, generator, bf16

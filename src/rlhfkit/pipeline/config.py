@@ -27,12 +27,12 @@ class PipelineConfig:
     sft_lr: float = opt(5e-5, "SFT learning rate.")
     sft_batch_size: int = opt(16, "SFT batch size.")
     # preferences
-    pref_prompts: int = opt(96, "Preference prompts to sample K responses for.")
+    pref_prompts: int = opt(160, "Preference prompts to sample K responses for.")
     pref_sources: str = opt("sft,initial", "Models the K responses are drawn from, split evenly (sft, initial).")
     pref_k: int = opt(4, "Responses per preference prompt, ranked by one simulated annotator.")
     flip_prob: float = opt(0.25, "Label noise of the training annotators (AlpacaFarm: 0.25).")
     # reward model
-    rm_epochs: float = opt(2.0, "Reward-model passes over the rankings.")
+    rm_epochs: float = opt(1.0, "Reward-model passes over the rankings.")
     rm_lr: float = opt(3e-5, "Reward-model learning rate.")
     rm_batch_size: int = opt(8, "Prompts (with all their pairs) per reward-model step.")
     rm_train_top_layers: int = opt(0, "Train only the top N blocks of the reward model (0: all).")
@@ -46,7 +46,7 @@ class PipelineConfig:
     ppo_kl_coef: float = opt(0.05, "Initial KL coefficient beta.")
     ppo_adaptive_kl: bool = opt(False, "Adaptive KL controller.")
     ppo_kl_target: float = opt(4.0, "Target KL (nats/sequence) of the adaptive controller.")
-    ppo_max_kl: float = opt(0.0, "Stop PPO when KL to the reference passes this (0: never).")
+    ppo_max_kl: float = opt(3.0, "Stop PPO when KL to the reference (nats/sequence, k1) passes this (0: never); gold reward peaked at KL 1-3 in our runs.")
     ppo_target_kl: float = opt(0.0, "Stop a batch's PPO epochs past this approx KL (0: never).")
     ppo_vf_coef: float = opt(0.1, "Value-loss weight.")
     ppo_missing_eos_penalty: float = opt(1.0, "Score penalty for responses without EOS.")
@@ -54,14 +54,14 @@ class PipelineConfig:
     ppo_log_gold: bool = opt(True, "Log the panel's gold reward of every PPO batch (for the over-optimisation plot).")
     # best-of-n and expert iteration
     bon_n: int = opt(16, "Candidates per prompt for best-of-n.")
-    bon_prompts: int = opt(96, "Eval prompts best-of-n answers (the first ones; 0: all eval prompts): n samples each are its cost.")
+    bon_prompts: int = opt(64, "Eval prompts best-of-n answers (the first ones; 0: all eval prompts): n samples each are its cost.")
     ei_rounds: int = opt(2, "Expert-iteration rounds (best-of-n then SFT on the winners).")
-    ei_prompts: int = opt(40, "Prompts per expert-iteration round (from the unlabeled split).")
+    ei_prompts: int = opt(32, "Prompts per expert-iteration round (from the unlabeled split).")
     ei_n: int = opt(4, "Candidates per prompt in expert iteration.")
     ei_epochs: float = opt(1.0, "SFT passes over the winners per round.")
     ei_lr: float = opt(5e-5, "Expert-iteration SFT learning rate.")
     # evaluation
-    eval_prompts: int = opt(300, "Eval prompts (the task ships 300).")
+    eval_prompts: int = opt(256, "Eval prompts (the task ships 300).")
     human: str | None = opt(None, "Human judgments (rlhfkit feedback export --kind eval) to add a human win-rate column.")
 
 
