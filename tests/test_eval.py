@@ -99,6 +99,18 @@ def test_paired_outcomes_aligns_by_prompt():
     assert oa == [1.0, 0.5] and ob == [0.5, 0.0]
 
 
+def test_several_samples_per_prompt_count_the_prompt_once():
+    """Two answers per prompt: the win-rate is the mean outcome, but the standard error is taken
+    over per-prompt means (prompts are the sample of the eval set), and pairing uses them too."""
+    rows = [{"prompt": p, "outcome": o} for p, o in [("x", 1), ("x", 1), ("y", 0), ("y", 0), ("z", 1), ("z", 0)]]
+    s = summarise_method(rows)
+    assert s["n"] == 3 and s["samples"] == 6 and s["win_rate"] == pytest.approx(0.5)
+    assert s["stderr"] == pytest.approx(np.std([1, 0, 0.5], ddof=1) / math.sqrt(3))
+    assert s["stderr"] > np.std([1, 1, 0, 0, 1, 0], ddof=1) / math.sqrt(6)  # the naive SE is too small
+    oa, ob = paired_outcomes(rows, [{"prompt": "z", "outcome": 1}, {"prompt": "x", "outcome": 0}])
+    assert oa == [1.0, 0.5] and ob == [0.0, 1.0]
+
+
 def test_summarise_method():
     rows = [
         {"outcome": 1, "gold": 1.0, "proxy": 2.0, "kl": 0.5, "length": 10},
@@ -107,7 +119,7 @@ def test_summarise_method():
     s = summarise_method(rows)
     assert s == {
         "win_rate": 0.5, "stderr": pytest.approx(0.5), "gold_reward": 2.0,
-        "proxy_reward": 3.0, "kl": 1.0, "length": 15.0, "n": 2,
+        "proxy_reward": 3.0, "kl": 1.0, "length": 15.0, "n": 2, "samples": 2,
     }
     no_gold = summarise_method([{"outcome": 1}, {"outcome": 0}])
     assert no_gold["gold_reward"] is None

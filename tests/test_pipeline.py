@@ -30,10 +30,11 @@ def test_smoke_demo_writes_the_table_and_report(smoke_run):
     assert set(w["methods"]) == set(METHODS)
     for name, m in w["methods"].items():
         assert {"win_rate", "stderr", "gold_reward", "proxy_reward", "kl", "length", "n"} <= set(m)
-        n = 8 if name == "best_of_n" else 12  # the smoke preset: best-of-n answers the first 8 of 12 prompts
-        assert 0.0 <= m["win_rate"] <= 1.0 and m["n"] == n
+        # the smoke preset: best-of-n answers the first 8 of 12 prompts once, the others each prompt twice
+        n, per_prompt = (8, 1) if name == "best_of_n" else (12, 2)
+        assert 0.0 <= m["win_rate"] <= 1.0 and m["n"] == n and m["samples"] == n * per_prompt
         rows = [json.loads(l) for l in (out / "samples" / f"{name}.jsonl").read_text().splitlines()]
-        assert len(rows) == n
+        assert len(rows) == n * per_prompt and [r["sample"] for r in rows[:2]] == ([0, 0] if per_prompt == 1 else [0, 1])
         assert {"prompt", "response", "gold", "proxy", "kl", "length", "outcome"} <= set(rows[0])
         # the win-rate is the mean outcome of the sample file (ties count half)
         assert math.isclose(m["win_rate"], sum(r["outcome"] for r in rows) / len(rows), abs_tol=1e-9)
@@ -42,10 +43,11 @@ def test_smoke_demo_writes_the_table_and_report(smoke_run):
     assert math.isclose(w["methods"]["best_of_n"]["kl"], math.log(4) - 3 / 4, abs_tol=1e-9)
     md = (out / "report.md").read_text()
     assert "Simulated win-rate (%)" in md and "PPO" in md and "Best-of-n" in md and "| Prompts |" in md
-    # best-of-n's rows are paired with the same prompts' reference answers
-    ref = {r["prompt"]: r["response"] for r in map(json.loads, (out / "samples" / "initial.jsonl").read_text().splitlines())}
-    for r in map(json.loads, (out / "samples" / "best_of_n.jsonl").read_text().splitlines()):
-        assert r["reference_response"] == ref[r["prompt"]]
+    # answer j of a prompt is judged against the reference's answer j to the same prompt
+    ref = {(r["prompt"], r["sample"]): r["response"] for r in map(json.loads, (out / "samples" / "initial.jsonl").read_text().splitlines())}
+    for name in METHODS:
+        for r in map(json.loads, (out / "samples" / f"{name}.jsonl").read_text().splitlines()):
+            assert r["reference_response"] == ref[(r["prompt"], r["sample"])]
     html = (out / "report.html").read_text()
     assert "<img" in html and "Expert iteration" in html
     assert (out / "prefs" / "rankings.jsonl").exists() and (out / "prefs" / "agreement.json").exists()

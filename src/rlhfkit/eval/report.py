@@ -448,6 +448,8 @@ def plot_winrates(winrates: Mapping, path: Path | str) -> Path:
     ms = _sorted_methods(winrates)
     human = _has_human(winrates)
     names = [display_name(n) for n, _ in ms]
+    if len({m.get("n") for _, m in ms}) > 1:  # methods judged on different numbers of prompts: say so
+        names = [f"{name}\n(n={m.get('n')})" for name, (_, m) in zip(names, ms)]
     x = np.arange(len(ms))
     width = 0.38 if human else 0.6
 
@@ -592,10 +594,15 @@ def write_report(run_dir: Path | str) -> tuple[Path, Path]:
 
     verdict_lines = verdicts(winrates, samples)
     n_values = sorted({m["n"] for m in methods.values() if "n" in m})
-    n_text = (f"n = {n_values[0]} prompts per method" if len(n_values) == 1
-              else "n per method: " + ", ".join(f"{display_name(k)} {m.get('n')}" for k, m in _sorted_methods(winrates)))
-    intro = (f"Win-rate = share of eval prompts on which the panel preferred the method's response to "
-             f"{display_name(ref)}'s (ties count half); SE = standard error of the mean outcome; {n_text}. "
+    def _n(m):  # "256 prompts x 2 answers" when a method answered each prompt more than once
+        k = m.get("samples", m.get("n"))
+        return f"{m.get('n')}" if not k or k == m.get("n") else f"{m.get('n')} prompts x {k // max(m.get('n') or 1, 1)} answers"
+
+    sizes = {_n(m) for m in methods.values()}
+    n_text = (f"n = {n_values[0]} prompts per method" if len(sizes) == 1 and "x" not in next(iter(sizes))
+              else "n per method: " + ", ".join(f"{display_name(k)} {_n(m)}" for k, m in _sorted_methods(winrates)))
+    intro = (f"Win-rate = share of eval answers the panel preferred to {display_name(ref)}'s answer to the same prompt "
+             f"(ties count half); SE = standard error over prompts (a prompt's answers are averaged first); {n_text}. "
              f"Gold/proxy reward, KL and length are means over the same prompts; KL is to the SFT policy, estimated "
              f"on each method's own samples (best-of-n: the analytic log n - (n-1)/n); length in words.")
 

@@ -4,7 +4,9 @@ Every eval sample carries ``outcome`` in [0, 1]: the panel's judgment of this me
 response against the reference method's response on the same prompt (1 = this method
 wins, 0.5 = tie, 0 = the reference wins). The win-rate is the mean outcome, so a tie
 counts half, and its standard error is that of a sample mean:
-``std(outcomes, ddof=1) / sqrt(n)``.
+``std(outcomes, ddof=1) / sqrt(n)``. When a method answered a prompt several times, the
+prompt is the unit: its outcomes are averaged first and the mean and standard error are
+taken over prompts (samples of one prompt are not independent draws of the eval set).
 
 Two methods evaluated on the same prompts are compared *paired*: the per-prompt
 difference of their outcomes removes the prompt-to-prompt variance that both share,
@@ -12,11 +14,11 @@ so the standard error of the difference is usually smaller than
 ``sqrt(se_a**2 + se_b**2)``.
 
 Files (see ``build_winrates``):
-  RUN/samples/NAME.jsonl   one JSON object per eval prompt:
+  RUN/samples/NAME.jsonl   one JSON object per eval sample:
                            {"prompt", "response", "gold", "proxy", "kl", "length", "outcome"}
   RUN/winrates.json        {"reference": str, "methods": {NAME: {"win_rate", "stderr",
-                           "gold_reward", "proxy_reward", "kl", "length", "n",
-                           ["human_win_rate", "human_stderr", "human_n"]}}}
+                           "gold_reward", "proxy_reward", "kl", "length", "n" (prompts),
+                           "samples", ["human_win_rate", "human_stderr", "human_n"]}}}
 A standard error that is undefined (n < 2) is written as JSON ``null``.
 """
 
@@ -103,7 +105,9 @@ def summarise_method(rows: Sequence[Mapping], source: str = "rows") -> dict:
         if "outcome" not in row:
             raise ValueError(f'{source}: row {i}: missing field "outcome"')
         outcomes.append(_number(row["outcome"], f"{source}: row {i}", "outcome"))
-    wr, se = _mean_stderr(_as_outcomes(outcomes, f"{source}: outcome"))
+    _as_outcomes(outcomes, f"{source}: outcome")
+    per_prompt = prompt_means(rows, outcomes)
+    wr, se = _mean_stderr(np.asarray(list(per_prompt.values()), dtype=float))
     out: dict = {"win_rate": wr, "stderr": se}
     for key, name in METRIC_FIELDS.items():
         have = [i for i, row in enumerate(rows) if row.get(key) is not None]
@@ -117,8 +121,21 @@ def summarise_method(rows: Sequence[Mapping], source: str = "rows") -> dict:
             )
         vals = [_number(row[key], f"{source}: row {i}", key) for i, row in enumerate(rows)]
         out[name] = float(np.mean(vals))
-    out["n"] = len(rows)
+    out["n"] = len(per_prompt)
+    out["samples"] = len(rows)
     return out
+
+
+def prompt_means(rows: Sequence[Mapping], outcomes: Sequence[float] | None = None) -> dict:
+    """{prompt: mean outcome of its rows}, in order of first appearance; rows without a
+    "prompt" field are each their own prompt."""
+    sums: dict = {}
+    for i, r in enumerate(rows):
+        key = r.get("prompt", ("#pos", i))
+        o = float(r["outcome"]) if outcomes is None else float(outcomes[i])
+        total, k = sums.get(key, (0.0, 0))
+        sums[key] = (total + o, k + 1)
+    return {key: total / k for key, (total, k) in sums.items()}
 
 
 def _number(v, where: str, field: str) -> float:
@@ -175,22 +192,11 @@ def load_samples(run_dir: Path | str) -> dict[str, list[dict]]:
 
 
 def paired_outcomes(rows_a: Sequence[Mapping], rows_b: Sequence[Mapping]) -> tuple[list[float], list[float]]:
-    """Outcomes of A and B on the prompts both were evaluated on, aligned by prompt text.
-
-    A prompt that occurs k times is matched occurrence by occurrence (1st with 1st, ...).
-    Rows without a "prompt" field are matched by position. Returns two equal-length lists.
-    """
-    def keyed(rows):
-        seen: dict = {}
-        out = {}
-        for i, r in enumerate(rows):
-            p = r.get("prompt", ("#pos", i))
-            k = seen.get(p, 0)
-            seen[p] = k + 1
-            out[(p, k)] = float(r["outcome"])
-        return out
-
-    ka, kb = keyed(rows_a), keyed(rows_b)
+    """Per-prompt mean outcomes of A and B on the prompts both were evaluated on, aligned by
+    prompt text (A's order). Rows without a "prompt" field are matched by position. A prompt
+    answered several times counts once, with the mean of its outcomes. Returns two
+    equal-length lists."""
+    ka, kb = prompt_means(rows_a), prompt_means(rows_b)
     common = [k for k in ka if k in kb]  # keeps A's order: deterministic
     return [ka[k] for k in common], [kb[k] for k in common]
 

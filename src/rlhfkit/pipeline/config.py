@@ -54,14 +54,15 @@ class PipelineConfig:
     ppo_log_gold: bool = opt(True, "Log the panel's gold reward of every PPO batch (for the over-optimisation plot).")
     # best-of-n and expert iteration
     bon_n: int = opt(16, "Candidates per prompt for best-of-n.")
-    bon_prompts: int = opt(128, "Eval prompts best-of-n answers (the first ones; 0: all eval prompts): n samples each are its cost.")
+    bon_prompts: int = opt(64, "Eval prompts best-of-n answers (the first ones; 0: all eval prompts): n samples each are its cost.")
     ei_rounds: int = opt(2, "Expert-iteration rounds (best-of-n then SFT on the winners).")
     ei_prompts: int = opt(32, "Prompts per expert-iteration round (from the unlabeled split).")
     ei_n: int = opt(4, "Candidates per prompt in expert iteration.")
     ei_epochs: float = opt(1.0, "SFT passes over the winners per round.")
     ei_lr: float = opt(5e-5, "Expert-iteration SFT learning rate.")
     # evaluation
-    eval_prompts: int = opt(300, "Eval prompts (the task ships 300).")
+    eval_prompts: int = opt(256, "Eval prompts (the task ships 300).")
+    eval_samples: int = opt(2, "Answers per eval prompt for every sampled method, each judged against its own reference answer (standard errors are taken over prompts).")
     human: str | None = opt(None, "Human judgments (rlhfkit feedback export --kind eval) to add a human win-rate column.")
 
 

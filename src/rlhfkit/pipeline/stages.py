@@ -306,9 +306,10 @@ def method_models(ctx: Context) -> dict[str, Path | str]:
 
 
 def stage_eval(ctx: Context) -> dict:
-    """Every method answers the eval prompts; the panel (no label noise) compares each answer with the
-    initial model's on the same prompt. KL to SFT is estimated on the method's own samples at the eval
-    temperature: mean of log pi_M(y|x) - log pi_SFT(y|x); for best-of-n, the analytic log n - (n-1)/n."""
+    """Every method answers the eval prompts ``eval_samples`` times; the panel (no label noise) compares
+    answer j with the initial model's answer j on the same prompt (best-of-n answers once, the first
+    bon_prompts prompts). KL to SFT is estimated on the method's own samples at the eval temperature:
+    mean of log pi_M(y|x) - log pi_SFT(y|x); for best-of-n, the analytic log n - (n-1)/n."""
     from rlhfkit.eval import build_winrates, write_report
 
     c = ctx.cfg
@@ -317,52 +318,52 @@ def stage_eval(ctx: Context) -> dict:
     models = method_models(ctx)
     scorer = reward_scorer(ctx) if (ctx.run / "reward" / "config.json").exists() else None
     sft_lm = load_frozen_lm(models["sft"], c.bf16) if "sft" in models else None
+    n = max(1, c.eval_samples)
     responses: dict[str, list[str]] = {}
     kls: dict[str, list[float]] = {}
-    bon_rows = _read_rows(ctx.run / "best_of_n" / "candidates.jsonl")
-    if bon_rows and [r["prompt"] for r in bon_rows] == prompts and "sft" in models:
-        # best-of-n's first candidate of each prompt is a sample of the SFT model at the eval temperature and
-        # seed: it serves as SFT's answer (and the comparison of the two is then paired on the same draw)
-        responses["sft"], kls["sft"] = [r["candidates"][0] for r in bon_rows], [0.0] * len(prompts)
+    where: dict[str, list[tuple[int, int]]] = {}  # method -> (prompt index, sample index) of each row
     sampled = {}
     for name, path in models.items():
-        if name in responses:
-            continue
         lm = sft_lm if name == "sft" else load_frozen_lm(path, c.bf16)
-        sampled[name] = sample(ctx, path, prompts, 1, c.eval_temperature, c.seed + 1000, f"eval: {name}", lm=lm)
+        sampled[name] = sample(ctx, path, prompts, n, c.eval_temperature, c.seed + 1000, f"eval: {name} ({n} per prompt)", lm=lm)
         responses[name] = sampled[name].responses
+        where[name] = [(i, j) for i in range(len(prompts)) for j in range(n)]
     # KL to SFT on each method's own samples: log pi_M(y|x) was recorded while sampling (at the eval
     # temperature); log pi_SFT(y|x) comes from one pass per prompt over all methods' answers. (In bf16 a
     # full pass and the token-by-token sampler differ by ~0.1 nat per sequence: noise next to the KLs here.)
-    others = [n for n in sampled if n != "sft"]
+    others = [m for m in sampled if m != "sft"]
     if sft_lm is not None and others:
-        for name, lp_sft in zip(others, reference_logprobs(sft_lm, [sampled[n] for n in others], c.eval_temperature, c.bf16)):
+        for name, lp_sft in zip(others, reference_logprobs(sft_lm, [sampled[m] for m in others], c.eval_temperature, c.bf16)):
             ro = sampled[name]
             kls[name] = ((ro.logprobs * ro.response_mask).sum(1) - lp_sft).tolist()
     for name in responses:
-        kls.setdefault(name, [0.0] * len(prompts))
+        kls.setdefault(name, [0.0] * len(responses[name]))
+    bon_rows = _read_rows(ctx.run / "best_of_n" / "candidates.jsonl")
     if bon_rows and [r["prompt"] for r in bon_rows] == prompts[: len(bon_rows)]:
-        # best-of-n may answer only the first bon_prompts eval prompts (16 samples each are its cost)
+        # best-of-n answers the first bon_prompts eval prompts once (16 samples each are its cost)
         responses["best_of_n"] = [r["candidates"][r["best"]] for r in bon_rows]
-        n = len(bon_rows[0]["candidates"])
-        kls["best_of_n"] = [math.log(n) - (n - 1) / n] * len(bon_rows)
-    reference = responses["initial"]
+        where["best_of_n"] = [(i, 0) for i in range(len(bon_rows))]
+        k = len(bon_rows[0]["candidates"])
+        kls["best_of_n"] = [math.log(k) - (k - 1) / k] * len(bon_rows)
+    reference = dict(zip(where["initial"], responses["initial"]))
     samples_dir = ctx.run / "samples"
     # score every method's answers in one pass, grouped by prompt (each prompt then runs once per model):
     # the panel's fluency feature under the initial model (remembered for the comparisons) and the proxy
-    flat = [(i, name) for i in range(len(prompts)) for name in responses if i < len(responses[name])]
-    flat_r = [responses[name][i] for i, name in flat]
-    gold_flat = np.asarray(ctx.panel.gold_reward([openings[i] for i, _ in flat], flat_r))
-    proxy_flat = scorer([prompts[i] for i, _ in flat], flat_r).tolist() if scorer is not None else [None] * len(flat)
+    flat = sorted(((m, r) for m in responses for r in range(len(responses[m]))), key=lambda t: where[t[0]][t[1]][0])
+    flat_r = [responses[m][r] for m, r in flat]
+    flat_i = [where[m][r][0] for m, r in flat]
+    gold_flat = np.asarray(ctx.panel.gold_reward([openings[i] for i in flat_i], flat_r))
+    proxy_flat = scorer([prompts[i] for i in flat_i], flat_r).tolist() if scorer is not None else [None] * len(flat)
+    position = {t: j for j, t in enumerate(flat)}
     for name, resp in responses.items():
-        rows = [j for j, (_, m) in enumerate(flat) if m == name]
-        gold = gold_flat[rows]
-        proxy = [proxy_flat[j] for j in rows]
-        outcome = ctx.panel.compare(openings[: len(resp)], resp, reference[: len(resp)], noise=False)
+        at = [position[(name, r)] for r in range(len(resp))]
+        opening = [openings[i] for i, _ in where[name]]
+        ref = [reference[ij] for ij in where[name]]
+        outcome = ctx.panel.compare(opening, resp, ref, noise=False)
         write_jsonl(samples_dir / f"{name}.jsonl", [
-            {"prompt": o, "response": r, "gold": float(g), "proxy": p, "kl": float(k), "length": len(r.split()),
-             "outcome": float(w), "reference_response": ref}
-            for o, r, g, p, k, w, ref in zip(openings, resp, gold, proxy, kls[name], outcome, reference)])
+            {"prompt": o, "sample": ij[1], "response": r, "gold": float(gold_flat[j]), "proxy": proxy_flat[j], "kl": float(k),
+             "length": len(r.split()), "outcome": float(w), "reference_response": rr}
+            for o, ij, r, j, k, w, rr in zip(opening, where[name], resp, at, kls[name], outcome, ref)])
     human = None
     if c.human:
         from rlhfkit.feedback.winrate import human_winrates
