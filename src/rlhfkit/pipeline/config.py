@@ -37,7 +37,7 @@ class PipelineConfig:
     rm_batch_size: int = opt(8, "Prompts (with all their pairs) per reward-model step.")
     rm_train_top_layers: int = opt(0, "Train only the top N blocks of the reward model (0: all).")
     # PPO
-    ppo_steps: int = opt(12, "PPO iterations.")
+    ppo_steps: int = opt(10, "PPO iterations (at most; see ppo_max_kl).")
     ppo_batch_size: int = opt(32, "Prompts per PPO iteration.")
     ppo_minibatch_size: int = opt(8, "Sequences per PPO gradient step.")
     ppo_epochs: int = opt(1, "PPO epochs per batch.")
@@ -49,7 +49,7 @@ class PipelineConfig:
     ppo_max_kl: float = opt(3.0, "Stop PPO when KL to the reference (nats/sequence, k1) passes this (0: never); gold reward peaked at KL 1-3 in our runs.")
     ppo_target_kl: float = opt(0.0, "Stop a batch's PPO epochs past this approx KL (0: never).")
     ppo_vf_coef: float = opt(0.1, "Value-loss weight.")
-    ppo_missing_eos_penalty: float = opt(1.0, "Score penalty for responses without EOS.")
+    ppo_missing_eos_penalty: float = opt(0.5, "Score penalty for responses without EOS (1.0 made PPO's answers short, and short answers win less often).")
     ppo_whiten_rewards: bool = opt(False, "Whiten rewards before GAE.")
     ppo_log_gold: bool = opt(True, "Log the panel's gold reward of every PPO batch (for the over-optimisation plot).")
     # best-of-n and expert iteration
@@ -61,7 +61,7 @@ class PipelineConfig:
     ei_epochs: float = opt(1.0, "SFT passes over the winners per round.")
     ei_lr: float = opt(5e-5, "Expert-iteration SFT learning rate.")
     # evaluation
-    eval_prompts: int = opt(256, "Eval prompts (the task ships 300).")
+    eval_prompts: int = opt(224, "Eval prompts (the task ships 300).")
     eval_samples: int = opt(2, "Answers per eval prompt for every sampled method, each judged against its own reference answer (standard errors are taken over prompts).")
     human: str | None = opt(None, "Human judgments (rlhfkit feedback export --kind eval) to add a human win-rate column.")
 
