@@ -30,11 +30,14 @@ def test_smoke_demo_writes_the_table_and_report(smoke_run):
     assert set(w["methods"]) == set(METHODS)
     for name, m in w["methods"].items():
         assert {"win_rate", "stderr", "gold_reward", "proxy_reward", "kl", "length", "n"} <= set(m)
-        # the smoke preset: best-of-n answers the first 8 of 12 prompts once, the others each prompt twice
-        n, per_prompt = (8, 1) if name == "best_of_n" else (12, 2)
+        # the smoke preset: best-of-n answers the first 8 of 12 prompts once and meets both reference answers;
+        # the others answer each prompt twice
+        n, per_prompt = (8, 2) if name == "best_of_n" else (12, 2)
         assert 0.0 <= m["win_rate"] <= 1.0 and m["n"] == n and m["samples"] == n * per_prompt
         rows = [json.loads(l) for l in (out / "samples" / f"{name}.jsonl").read_text().splitlines()]
-        assert len(rows) == n * per_prompt and [r["sample"] for r in rows[:2]] == ([0, 0] if per_prompt == 1 else [0, 1])
+        assert len(rows) == n * per_prompt and [r["sample"] for r in rows[:2]] == [0, 1]
+        if name == "best_of_n":
+            assert rows[0]["response"] == rows[1]["response"] and rows[0]["reference_response"] != rows[1]["reference_response"]
         assert {"prompt", "response", "gold", "proxy", "kl", "length", "outcome"} <= set(rows[0])
         # the win-rate is the mean outcome of the sample file (ties count half)
         assert math.isclose(m["win_rate"], sum(r["outcome"] for r in rows) / len(rows), abs_tol=1e-9)

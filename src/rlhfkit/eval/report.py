@@ -594,9 +594,9 @@ def write_report(run_dir: Path | str) -> tuple[Path, Path]:
 
     verdict_lines = verdicts(winrates, samples)
     n_values = sorted({m["n"] for m in methods.values() if "n" in m})
-    def _n(m):  # "256 prompts x 2 answers" when a method answered each prompt more than once
+    def _n(m):  # "256 prompts x 2 judgments" when a method was judged more than once per prompt
         k = m.get("samples", m.get("n"))
-        return f"{m.get('n')}" if not k or k == m.get("n") else f"{m.get('n')} prompts x {k // max(m.get('n') or 1, 1)} answers"
+        return f"{m.get('n')}" if not k or k == m.get("n") else f"{m.get('n')} prompts x {k // max(m.get('n') or 1, 1)} judgments"
 
     sizes = {_n(m) for m in methods.values()}
     n_text = (f"n = {n_values[0]} prompts per method" if len(sizes) == 1 and "x" not in next(iter(sizes))

@@ -54,7 +54,7 @@ class PipelineConfig:
     ppo_log_gold: bool = opt(True, "Log the panel's gold reward of every PPO batch (for the over-optimisation plot).")
     # best-of-n and expert iteration
     bon_n: int = opt(16, "Candidates per prompt for best-of-n.")
-    bon_prompts: int = opt(64, "Eval prompts best-of-n answers (the first ones; 0: all eval prompts): n samples each are its cost.")
+    bon_prompts: int = opt(80, "Eval prompts best-of-n answers (the first ones; 0: all eval prompts): n samples each are its cost.")
     ei_rounds: int = opt(2, "Expert-iteration rounds (best-of-n then SFT on the winners).")
     ei_prompts: int = opt(32, "Prompts per expert-iteration round (from the unlabeled split).")
     ei_n: int = opt(4, "Candidates per prompt in expert iteration.")

@@ -307,8 +307,8 @@ def method_models(ctx: Context) -> dict[str, Path | str]:
 
 def stage_eval(ctx: Context) -> dict:
     """Every method answers the eval prompts ``eval_samples`` times; the panel (no label noise) compares
-    answer j with the initial model's answer j on the same prompt (best-of-n answers once, the first
-    bon_prompts prompts). KL to SFT is estimated on the method's own samples at the eval temperature:
+    answer j with the initial model's answer j on the same prompt (best-of-n answers the first
+    bon_prompts prompts once, and that answer meets each of the reference's answers). KL to SFT is estimated on the method's own samples at the eval temperature:
     mean of log pi_M(y|x) - log pi_SFT(y|x); for best-of-n, the analytic log n - (n-1)/n."""
     from rlhfkit.eval import build_winrates, write_report
 
@@ -340,11 +340,12 @@ def stage_eval(ctx: Context) -> dict:
         kls.setdefault(name, [0.0] * len(responses[name]))
     bon_rows = _read_rows(ctx.run / "best_of_n" / "candidates.jsonl")
     if bon_rows and [r["prompt"] for r in bon_rows] == prompts[: len(bon_rows)]:
-        # best-of-n answers the first bon_prompts eval prompts once (16 samples each are its cost)
-        responses["best_of_n"] = [r["candidates"][r["best"]] for r in bon_rows]
-        where["best_of_n"] = [(i, 0) for i in range(len(bon_rows))]
+        # best-of-n answers the first bon_prompts eval prompts once (16 samples each are its cost); its answer
+        # is judged against each of the reference's answers to the prompt, as the sampled methods' answers are
+        responses["best_of_n"] = [r["candidates"][r["best"]] for r in bon_rows for _ in range(n)]
+        where["best_of_n"] = [(i, j) for i in range(len(bon_rows)) for j in range(n)]
         k = len(bon_rows[0]["candidates"])
-        kls["best_of_n"] = [math.log(k) - (k - 1) / k] * len(bon_rows)
+        kls["best_of_n"] = [math.log(k) - (k - 1) / k] * len(where["best_of_n"])
     reference = dict(zip(where["initial"], responses["initial"]))
     samples_dir = ctx.run / "samples"
     # score every method's answers in one pass, grouped by prompt (each prompt then runs once per model):
