@@ -61,7 +61,7 @@ class PipelineConfig:
     ei_epochs: float = opt(1.0, "SFT passes over the winners per round.")
     ei_lr: float = opt(5e-5, "Expert-iteration SFT learning rate.")
     # evaluation
-    eval_prompts: int = opt(192, "Eval prompts (the task ships 300).")
+    eval_prompts: int = opt(224, "Eval prompts (the task ships 300).")
     eval_samples: int = opt(2, "Answers per eval prompt for every sampled method, each judged against its own reference answer (standard errors are taken over prompts).")
     human: str | None = opt(None, "Human judgments (rlhfkit feedback export --kind eval) to add a human win-rate column.")
 
