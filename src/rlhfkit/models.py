@@ -402,8 +402,9 @@ class RewardModel(nn.Module):
 
             p_ids, p_mask = input_ids[:, :response_start], attention_mask[:, :response_start]
             r_ids, r_mask = input_ids[:, response_start:], attention_mask[:, response_start:]
-            if distinct_rows(p_ids, p_mask) is not None:
-                cache, prompt_hidden = prefill_distinct(backbone, p_ids, p_mask)
+            groups = distinct_rows(p_ids, p_mask)
+            if groups is not None:
+                cache, prompt_hidden = prefill_distinct(backbone, p_ids, p_mask, groups)
                 hidden = continue_from_cache(backbone, cache, p_mask, r_ids, r_mask).last_hidden_state
                 # the last real token: the response's last, or the prompt's for an empty response
                 hidden = torch.cat([prompt_hidden[:, -1:], hidden], dim=1)

@@ -171,13 +171,13 @@ def distinct_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
     return first, inverse
 
 
-def prefill_distinct(model, prompt_ids, prompt_mask, **kwargs):
+def prefill_distinct(model, prompt_ids, prompt_mask, groups=None, **kwargs):
     """Run each distinct prompt once with a KV cache, then copy its cache rows to every row that repeats
     it. The prompt is most of a row's tokens here (a 78-token chat prompt, ~35 response tokens), so n
     samples of one prompt cost one prompt pass instead of n. ``model`` is a causal LM (returns
     ``(cache, logits)``) or a bare backbone (returns ``(cache, last_hidden_state)``). Positions come
-    from the mask (left padding)."""
-    groups = distinct_rows(prompt_ids, prompt_mask)
+    from the mask (left padding). ``groups``: ``distinct_rows``' answer, when the caller already has it."""
+    groups = groups if groups is not None else distinct_rows(prompt_ids, prompt_mask)
     if groups is not None:
         first, inverse = groups
         prompt_ids, prompt_mask = prompt_ids[first], prompt_mask[first]
@@ -316,8 +316,9 @@ def forward_response(model, prompt_ids, prompt_mask, response_ids, response_mask
     prompt once (for several responses to one prompt; no values).
     """
     T = response_ids.shape[1]
-    if share_prompts and not with_values and distinct_rows(prompt_ids, prompt_mask) is not None:
-        cache, last = prefill_distinct(model, prompt_ids, prompt_mask, logits_to_keep=1)
+    groups = distinct_rows(prompt_ids, prompt_mask) if share_prompts and not with_values else None
+    if groups is not None:
+        cache, last = prefill_distinct(model, prompt_ids, prompt_mask, groups, logits_to_keep=1)
         rest = continue_from_cache(model, cache, prompt_mask, response_ids[:, :-1], response_mask[:, :-1]).logits if T > 1 else last[:, :0]
         logits = torch.cat([last, rest], dim=1)
         out = {"logprobs": ops.token_logprobs(logits, response_ids, temperature=temperature)}

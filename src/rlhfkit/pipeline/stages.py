@@ -308,8 +308,9 @@ def method_models(ctx: Context) -> dict[str, Path | str]:
 def stage_eval(ctx: Context) -> dict:
     """Every method answers the eval prompts ``eval_samples`` times; the panel (no label noise) compares
     answer j with the initial model's answer j on the same prompt (best-of-n answers the first
-    bon_prompts prompts once, and that answer meets each of the reference's answers). KL to SFT is estimated on the method's own samples at the eval temperature:
-    mean of log pi_M(y|x) - log pi_SFT(y|x); for best-of-n, the analytic log n - (n-1)/n."""
+    bon_prompts prompts once, and that answer meets each of the reference's answers). KL to SFT is
+    estimated on the method's own samples at the eval temperature: mean of log pi_M(y|x) -
+    log pi_SFT(y|x); for best-of-n, the analytic log n - (n-1)/n."""
     from rlhfkit.eval import build_winrates, write_report
 
     c = ctx.cfg
