@@ -122,7 +122,7 @@ app.add_command(config_command(C.PPOConfig, _ppo, "ppo", "Optimise a policy agai
 @click.option("--batch-size", default=32, show_default=True, help="Prompts per generation batch.")
 @click.option("--system-prompt", default=None, help="System message for chat-templated prompts.")
 @click.option("--seed", default=0, show_default=True, help="Sampling seed.")
-@click.option("--bf16/--no-bf16", default=False, show_default=True, help="bf16 autocast while sampling.")
+@click.option("--bf16/--no-bf16", default=None, help="bf16 autocast while sampling (default: auto, bf16 only where the device computes it natively).")
 def generate_cmd(model, prompts_file, out, num_samples, max_new_tokens, temperature, top_p, batch_size, system_prompt, seed, bf16):
     """Sample responses for a prompts file."""
     _quiet_libraries()
@@ -132,15 +132,18 @@ def generate_cmd(model, prompts_file, out, num_samples, max_new_tokens, temperat
         from rlhfkit.models import cast_linears_for_autocast, default_device, load_causal_lm, load_tokenizer
         from rlhfkit.rollout import GenerationConfig, generate
 
+        from rlhfkit.precision import resolve_bf16
+
         prompts = [r["prompt"] for r in load_prompts(prompts_file)]
+        use_bf16 = resolve_bf16(bf16, default_device())
         tok = load_tokenizer(model)
         lm = load_causal_lm(model, trainable=False).to(default_device())
-        if bf16:
+        if use_bf16:
             cast_linears_for_autocast(lm)
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size,
                                system_prompt=system_prompt)
         expanded = [p for p in prompts for _ in range(num_samples)]
-        ro = generate(lm, tok, expanded, cfg, seed=seed, bf16=bf16)
+        ro = generate(lm, tok, expanded, cfg, seed=seed, bf16=use_bf16)
         rows = [{"prompt": p, "response": r, "source": str(model), "sample": i % num_samples}
                 for i, (p, r) in enumerate(zip(expanded, ro.responses))]
         write_jsonl(out, rows)

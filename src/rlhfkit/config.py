@@ -22,7 +22,7 @@ def opt(default: Any, help: str, **kw):
 class CommonConfig:
     out: str = opt("runs/run", "Run directory: checkpoints, metrics.jsonl and the final model go here.")
     seed: int = opt(0, "Seed for data order, initialisation and sampling.")
-    mixed_precision: str = opt("no", "'no', 'bf16' or 'fp16' (through accelerate; bf16 autocast works on CPUs with AVX-512 BF16).")
+    mixed_precision: str = opt("auto", "'auto', 'no' (fp32), 'bf16' or 'fp16' (through accelerate). auto: bf16 where the device computes it natively (CPUs with AVX-512 BF16 or AMX, GPUs that support it), fp32 elsewhere; bf16 on a CPU without it runs many times slower than fp32.")
     save_every: int = opt(0, "Write a checkpoint every N optimiser steps (0: only at the end).")
     resume: str | None = opt(None, "Continue the run in this run directory from its last checkpoint.")
     system_prompt: str | None = opt(None, "System message for chat-templated prompts (None: the template's default).")

@@ -146,7 +146,8 @@ def _sample_token(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.
 
 
 def autocast_context(device: torch.device | str, bf16: bool):
-    """bf16 autocast where asked (the CPU here has AVX-512 BF16: ~2.5x on matmuls)."""
+    """bf16 autocast where asked; whether to ask is ``rlhfkit.precision``'s decision (bf16 is fast only on
+    devices that compute it natively)."""
     if not bf16:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)

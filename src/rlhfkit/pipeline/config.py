@@ -15,7 +15,7 @@ class PipelineConfig:
     task: str = opt("movie_reviews", "Bundled task.")
     seed: int = opt(0, "Seed of every stage.")
     system_prompt: str | None = opt("You are a helpful assistant.", "System message for the chat template (short: prompts cost tokens).")
-    bf16: bool = opt(True, "bf16 autocast for sampling, scoring and training (about 2x on CPUs with AVX-512 BF16).")
+    bf16: bool | None = opt(None, "bf16 autocast for sampling, scoring and training. Not given (auto): bf16 only where the device computes it natively (CPUs with AVX-512 BF16 or AMX: ~2x faster; on other CPUs bf16 is many times slower than fp32), fp32 elsewhere.")
     max_new_tokens: int = opt(40, "Longest response, for every method.")
     temperature: float = opt(1.0, "Sampling temperature of the preference samples and of PPO's rollouts.")
     eval_temperature: float = opt(1.0, "Sampling temperature of every method's evaluation responses and of best-of-n's candidates (1.0: each policy's own distribution, the one PPO optimises and KL is measured on).")

@@ -23,7 +23,18 @@ def make_accelerator(cfg, grad_accum: int = 1):
 
     if getattr(cfg, "threads", 0):
         torch.set_num_threads(cfg.threads)
+    resolve_config_precision(cfg)
     return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=grad_accum)
+
+
+def resolve_config_precision(cfg) -> str:
+    """Turn ``cfg.mixed_precision`` 'auto' into what this machine computes fast ('bf16' or 'no'), in place,
+    so that every bf16 path of the run (autocast, weights cast once for sampling, reward scoring) follows
+    one decision and config.yaml records it. Idempotent."""
+    from rlhfkit.precision import resolve
+
+    cfg.mixed_precision = resolve(cfg.mixed_precision)
+    return cfg.mixed_precision
 
 
 def seed_everything(seed: int) -> None:
