@@ -12,6 +12,7 @@ in the run directory and writes its own, so any stage can run alone:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -30,8 +31,11 @@ class Context:
     """What the stages share: config, run dir, the task, and lazily the panel and the initial model."""
 
     def __init__(self, cfg: PipelineConfig, progress: bool = True):
+        from rlhfkit.precision import resolve_bf16
         from rlhfkit.tasks import load_task
 
+        # one precision decision for every stage (auto: bf16 only where the device computes it natively)
+        cfg = dataclasses.replace(cfg, bf16=resolve_bf16(cfg.bf16))
         self.cfg, self.progress = cfg, progress
         self.run = Path(cfg.out)
         self.run.mkdir(parents=True, exist_ok=True)
@@ -394,7 +398,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print) -> dict
     from rlhfkit.config import save_config
 
     ctx = Context(cfg, progress)
-    save_config(cfg, ctx.run / "pipeline.yaml")
+    save_config(ctx.cfg, ctx.run / "pipeline.yaml")  # with the precision actually used
     names = [s.strip() for s in cfg.stages.split(",") if s.strip()]
     unknown = [s for s in names if s not in STAGES]
     if unknown:

@@ -28,7 +28,7 @@ from rlhfkit.models import PolicyWithValue, is_peft, load_causal_lm, load_tokeni
 from rlhfkit.rollout import GenerationConfig, Rollout, autocast_context, forward_response, generate
 from rlhfkit.train.common import (
     Batches, MetricsLog, Timer, latest_checkpoint, load_trainer_state, lora_settings, make_accelerator,
-    make_optimizer, progress_bar, rng_state, save_trainer_state, seed_everything, set_rng_state, write_run_info,
+    make_optimizer, progress_bar, resolve_config_precision, rng_state, save_trainer_state, seed_everything, set_rng_state, write_run_info,
 )
 from rlhfkit.train.sft import save_model
 
@@ -306,6 +306,7 @@ class PPOTrainer:
 
 def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, gold_fn: RewardFn | None = None, progress: bool = True) -> Path:
     prompts = [r["prompt"] for r in load_prompts(cfg.prompts)]  # malformed lines stop here
+    resolve_config_precision(cfg)  # before the reward scorer is built: it follows the same decision
     if reward_fn is None:
         if cfg.reward_fn:
             reward_fn = load_reward_fn(cfg.reward_fn)
