@@ -148,7 +148,18 @@ def test_build_winrates(tmp_path):
     assert ppo["human_win_rate"] == pytest.approx(2 / 3) and ppo["human_n"] == 3
     assert ppo["human_stderr"] == pytest.approx(np.std([1, 1, 0], ddof=1) / math.sqrt(3))
     assert "human_win_rate" not in res["methods"]["initial"]
-    assert res["methods"]["initial"]["stderr"] == 0.0
+    # the reference judged against itself (a tie on every answer) is 50% by definition: marked, no SE
+    assert res["methods"]["initial"]["stderr"] is None and res["methods"]["initial"]["is_reference"] is True
+    assert "is_reference" not in ppo
+    assert any(ln.startswith("| Initial | 50 (reference) |") for ln in format_table(res).splitlines())
+
+
+def test_a_reference_drawn_independently_keeps_its_standard_error(tmp_path):
+    # the reference's row drawn as a method of its own (not ties everywhere): measured like any method
+    _write_samples(tmp_path, "initial", [1, 0, 0.5, 0.5])
+    res = build_winrates(tmp_path)
+    assert res["methods"]["initial"]["stderr"] == pytest.approx(np.std([1, 0, 0.5, 0.5], ddof=1) / 2)
+    assert "is_reference" not in res["methods"]["initial"]
 
 
 def test_build_winrates_errors_name_file_and_line(tmp_path):
@@ -190,7 +201,7 @@ def test_report_files_and_table(full_run):
     names = [ln.split("|")[1].strip() for ln in table_lines[2:]]
     assert sorted(names) == sorted(["PPO", "Best-of-n", "Expert iteration", "SFT", "Initial"])
     # rows sorted by win-rate, numbers as measured
-    rates = [float(ln.split("|")[2].split("±")[0]) for ln in table_lines[2:]]
+    rates = [float(ln.split("|")[2].split("±")[0].split("(")[0]) for ln in table_lines[2:]]  # "50 (reference)"
     assert rates == sorted(rates, reverse=True)
     ppo = wr["methods"]["ppo"]
     rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in table_lines[2:]}

@@ -103,3 +103,42 @@ def test_eval_adds_human_win_rates_from_feedback_export(smoke_run, tmp_path):
     assert w["ppo"]["human_win_rate"] == 0.625 and w["ppo"]["human_n"] == 4
     assert "human_win_rate" not in w["sft"] or w["sft"]["human_win_rate"] is None
     assert "Human win-rate" in (run / "report.md").read_text()
+
+
+def test_stream_seeds_are_distinct_stable_and_documented():
+    from rlhfkit.pipeline.seeds import stream_seed
+
+    names = ["eval:initial", "eval:sft", "eval:ppo", "eval:expert_iteration", "eval:best_of_n"]
+    seeds = [stream_seed(0, n) for n in names]
+    assert len(set(seeds)) == len(names)  # every method draws from its own stream
+    assert stream_seed(1, "eval:sft") != stream_seed(0, "eval:sft")  # the pipeline seed still matters
+    assert all(0 <= s < 2**63 for s in seeds)
+    # stable across processes and Python versions (a salted hash() would not be): a fixed value
+    assert stream_seed(0, "eval:sft") == stream_seed(0, "eval:sft") == 6883623774911701788
+
+
+def test_eval_draws_a_method_independently_of_the_reference(tmp_path):
+    """The same model as the initial one, evaluated as "sft": with a shared seed its answers were the
+    reference's answers token for token (a 50% win-rate by construction); drawn from its own stream they
+    differ, while each answer still meets the reference's answer to the same prompt."""
+    import shutil
+
+    from rlhfkit.models import tiny_dir
+    from rlhfkit.pipeline.config import PipelineConfig, preset_overrides
+    from rlhfkit.pipeline.stages import run_pipeline
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_dir(), run / "sft")
+    cfg = PipelineConfig(**{**preset_overrides("smoke"), "out": str(run), "stages": "eval", "eval_prompts": 8})
+    run_pipeline(cfg, progress=False, echo=lambda *_: None)
+    sft = [json.loads(l) for l in (run / "samples" / "sft.jsonl").read_text().splitlines()]
+    ref = {(r["prompt"], r["sample"]): r["response"] for r in map(json.loads, (run / "samples" / "initial.jsonl").read_text().splitlines())}
+    assert len(sft) == 16 and all(r["reference_response"] == ref[(r["prompt"], r["sample"])] for r in sft)
+    same = sum(r["response"] == r["reference_response"] for r in sft)
+    assert same < len(sft) // 2, f"{same} of {len(sft)} answers identical to the reference's"
+    w = json.loads((run / "winrates.json").read_text())["methods"]
+    # the reference judged against itself is 50% by definition: marked, with no standard error
+    assert w["initial"]["win_rate"] == 0.5 and w["initial"]["stderr"] is None and w["initial"]["is_reference"] is True
+    assert "is_reference" not in w["sft"]
+    md = (run / "report.md").read_text()
+    assert "50 (reference)" in md

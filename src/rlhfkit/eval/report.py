@@ -91,7 +91,9 @@ def table_rows(winrates: Mapping) -> tuple[list[str], list[list[str]]]:
         header.append("Prompts")
     rows = []
     for name, m in _sorted_methods(winrates):
-        row = [display_name(name), _pct_se(m["win_rate"], m.get("stderr"))]
+        # the reference against itself is 50% by definition, not a measurement: say so, no SE
+        sim = "50 (reference)" if m.get("is_reference") else _pct_se(m["win_rate"], m.get("stderr"))
+        row = [display_name(name), sim]
         if human:
             row.append(_pct_se(m.get("human_win_rate"), m.get("human_stderr")))
         row += [
@@ -604,7 +606,9 @@ def write_report(run_dir: Path | str) -> tuple[Path, Path]:
     intro = (f"Win-rate = share of eval answers the panel preferred to {display_name(ref)}'s answer to the same prompt "
              f"(ties count half); SE = standard error over prompts (a prompt's answers are averaged first); {n_text}. "
              f"Gold/proxy reward, KL and length are means over the same prompts; KL is to the SFT policy, estimated "
-             f"on each method's own samples (best-of-n: the analytic log n - (n-1)/n); length in words.")
+             f"on each method's own samples (best-of-n: the analytic log n - (n-1)/n); length in words."
+             + (f" {display_name(ref)} is the reference: its row is its answers judged against themselves, "
+                f"50% by definition (no SE)." if methods.get(ref, {}).get("is_reference") else ""))
 
     # ---- markdown
     md = [f"# Evaluation report — {run_dir.name}", "", intro, "", format_table(winrates), "", "## Verdicts", ""]

@@ -18,8 +18,11 @@ Files (see ``build_winrates``):
                            {"prompt", "response", "gold", "proxy", "kl", "length", "outcome"}
   RUN/winrates.json        {"reference": str, "methods": {NAME: {"win_rate", "stderr",
                            "gold_reward", "proxy_reward", "kl", "length", "n" (prompts),
-                           "samples", ["human_win_rate", "human_stderr", "human_n"]}}}
-A standard error that is undefined (n < 2) is written as JSON ``null``.
+                           "samples", ["is_reference"], ["human_win_rate", "human_stderr",
+                           "human_n" (prompts), "human_judgments"]}}}
+A standard error that is undefined (n < 2) is written as JSON ``null``. The reference's row
+(its own answers against themselves: every outcome a tie) is 50% by definition: it carries
+``"is_reference": true`` and ``stderr: null``.
 """
 
 from __future__ import annotations
@@ -241,6 +244,10 @@ def build_winrates(
     for name, rows in samples.items():
         s = summarise_method(rows, source=str(run_dir / "samples" / f"{name}.jsonl"))
         s["stderr"] = _nan_to_none(s["stderr"])
+        if name == reference and all(float(r["outcome"]) == 0.5 for r in rows):
+            # the reference's own answers judged against themselves: a tie by definition, not a
+            # measurement, so no standard error (a reference drawn independently is measured as usual)
+            s.update(stderr=None, is_reference=True)
         methods[name] = s
     for name, judgments in (human or {}).items():
         if name not in methods:

@@ -25,6 +25,7 @@ import torch
 from rlhfkit.config import PPOConfig, RewardConfig, SFTConfig
 from rlhfkit.data import write_jsonl
 from rlhfkit.pipeline.config import PipelineConfig
+from rlhfkit.pipeline.seeds import stream_seed
 
 
 class Context:
@@ -195,19 +196,34 @@ def stage_preferences(ctx: Context) -> Path:
 
 
 def stage_reward(ctx: Context) -> Path:
+    """Bradley-Terry on the rankings, normalised on the SFT model's samples among them (the policy PPO
+    starts from, so that its samples score mean 0 at the start), not on every ranked response."""
     from rlhfkit.train.reward import train_reward
 
     c = ctx.cfg
-    return train_reward(RewardConfig(model=str(ctx.run / "sft"), data=str(ctx.run / "prefs" / "rankings.jsonl"),
+    rankings = ctx.run / "prefs" / "rankings.jsonl"
+    reference = sft_reference(rankings, ctx.run / "data" / "reward_reference.jsonl")
+    return train_reward(RewardConfig(model=str(ctx.run / "sft"), data=str(rankings), reference=reference,
                                      out=str(ctx.run / "reward"), epochs=c.rm_epochs, lr=c.rm_lr, batch_size=c.rm_batch_size,
                                      train_top_layers=c.rm_train_top_layers, mixed_precision=ctx.mp,
-                                     system_prompt=c.system_prompt, seed=c.seed), progress=ctx.progress)
+                                     system_prompt=c.system_prompt, chat_template=getattr(c, "chat_template", "auto"),
+                                     seed=c.seed), progress=ctx.progress)
+
+
+def sft_reference(rankings: Path, out: Path) -> str | None:
+    """Write the ranked responses whose source is "sft" as {prompt, response} rows to ``out``; None (the
+    trainer then normalises on every response) when the rankings record no SFT sources."""
+    rows = [{"prompt": r["prompt"], "response": x} for r in _read_rows(rankings)
+            for x, src in zip(r["responses"], r.get("sources") or []) if src == "sft"]
+    return str(write_jsonl(out, rows)) if rows else None
 
 
 def reward_scorer(ctx: Context):
+    """The reward model as the pipeline uses it: its saved system prompt and token limits, and centred
+    (SFT samples score mean 0), so the reported proxy reads as "better or worse than SFT"."""
     from rlhfkit.train.reward import RewardScorer
 
-    return RewardScorer.load(ctx.run / "reward", ctx.cfg.system_prompt, batch_size=64, bf16=ctx.cfg.bf16)
+    return RewardScorer.load(ctx.run / "reward", batch_size=64, bf16=ctx.cfg.bf16, center=True)
 
 
 def stage_ppo(ctx: Context) -> Path:
@@ -227,13 +243,20 @@ def stage_ppo(ctx: Context) -> Path:
 
 
 def best_of_n(ctx: Context, model_path, prompts: list[str], n: int, seed: int, label: str, scorer=None, lm=None):
-    """n samples per prompt, the reward model's favourite kept. Returns (best responses, all rows)."""
+    """n samples per prompt, the reward model's favourite kept. Returns (best responses, all rows).
+
+    The reward model scores every candidate as finished (an EOS appended); a candidate cut off at
+    max_new_tokens loses ``ppo_missing_eos_penalty``, as it would in PPO, so selection and optimisation
+    follow one rule. Rows keep the reward model's scores, the ended flags and the penalised scores."""
     ro = sample(ctx, model_path, prompts, n, ctx.cfg.eval_temperature, seed, label, lm=lm)
     scorer = scorer or reward_scorer(ctx)
-    scores = scorer([p for p in prompts for _ in range(n)], ro.responses).view(len(prompts), n)
-    best = scores.argmax(1).tolist()
+    scores = scorer([p for p in prompts for _ in range(n)], ro.responses).cpu().view(len(prompts), n)
+    ended = ro.ended.view(len(prompts), n).cpu()
+    penalised = scores - ctx.cfg.ppo_missing_eos_penalty * (~ended).float()
+    best = penalised.argmax(1).tolist()
     picked = [ro.responses[i * n + b] for i, b in enumerate(best)]
-    rows = [{"prompt": p, "candidates": ro.responses[i * n : (i + 1) * n], "scores": scores[i].tolist(), "best": best[i]}
+    rows = [{"prompt": p, "candidates": ro.responses[i * n : (i + 1) * n], "scores": scores[i].tolist(),
+             "ended": ended[i].tolist(), "penalised_scores": penalised[i].tolist(), "best": best[i]}
             for i, p in enumerate(prompts)]
     return picked, rows
 
@@ -241,7 +264,9 @@ def best_of_n(ctx: Context, model_path, prompts: list[str], n: int, seed: int, l
 def stage_best_of_n(ctx: Context) -> Path:
     c = ctx.cfg
     prompts = ctx.frame(ctx.split("eval", min(c.bon_prompts or c.eval_prompts, c.eval_prompts)))
-    picked, rows = best_of_n(ctx, ctx.run / "sft", prompts, c.bon_n, c.seed + 1000, f"best-of-{c.bon_n}: sampling")
+    # its own stream: with the seed of the SFT or reference answers its candidates would copy their draws
+    picked, rows = best_of_n(ctx, ctx.run / "sft", prompts, c.bon_n, stream_seed(c.seed, "eval:best_of_n"),
+                             f"best-of-{c.bon_n}: sampling")
     write_jsonl(ctx.run / "best_of_n" / "candidates.jsonl", rows)
     return write_jsonl(ctx.run / "best_of_n" / "responses.jsonl", [{"prompt": p, "response": r} for p, r in zip(prompts, picked)])
 
@@ -312,7 +337,12 @@ def method_models(ctx: Context) -> dict[str, Path | str]:
 def stage_eval(ctx: Context) -> dict:
     """Every method answers the eval prompts ``eval_samples`` times; the panel (no label noise) compares
     answer j with the initial model's answer j on the same prompt (best-of-n answers the first
-    bon_prompts prompts once, and that answer meets each of the reference's answers). KL to SFT is
+    bon_prompts prompts once, and that answer meets each of the reference's answers). Each method, and
+    best-of-n's candidates, sample from their own random stream (``seeds.stream_seed``), so a method's
+    answer and the reference's are independent draws paired only by prompt. The initial model is the
+    reference: its row is its answers against themselves, 50% by definition (marked so, no SE), not a
+    second independent draw (that would cost one more sampling pass and, since a noise-free comparison
+    is antisymmetric, only show around a known 50% the sampling noise every SE already reports). KL to SFT is
     estimated on the method's own samples at the eval temperature: mean of log pi_M(y|x) -
     log pi_SFT(y|x); for best-of-n, the analytic log n - (n-1)/n."""
     from rlhfkit.eval import build_winrates, write_report
@@ -330,7 +360,10 @@ def stage_eval(ctx: Context) -> dict:
     sampled = {}
     for name, path in models.items():
         lm = sft_lm if name == "sft" else load_frozen_lm(path, c.bf16)
-        sampled[name] = sample(ctx, path, prompts, n, c.eval_temperature, c.seed + 1000, f"eval: {name} ({n} per prompt)", lm=lm)
+        # each method its own stream (pipeline/seeds.py): with one seed, answer j of two methods would share
+        # their random draws, and a model identical to the reference would repeat its answers token for token
+        sampled[name] = sample(ctx, path, prompts, n, c.eval_temperature, stream_seed(c.seed, f"eval:{name}"),
+                               f"eval: {name} ({n} per prompt)", lm=lm)
         responses[name] = sampled[name].responses
         where[name] = [(i, j) for i in range(len(prompts)) for j in range(n)]
     # KL to SFT on each method's own samples: log pi_M(y|x) was recorded while sampling (at the eval
