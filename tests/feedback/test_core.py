@@ -181,6 +181,35 @@ def test_export_pairs_from_rankings_and_ratings(sqlite_url, tmp_path):
     engine.dispose()
 
 
+def test_export_writes_margin_on_every_row_or_on_none(sqlite_url, tmp_path):
+    """TRL's RewardTrainer fails on a margin column with nulls: a mixed export gives every row a margin
+    (0 where the label gives no strength), a rankings-only export gives none."""
+    from rlhfkit.feedback.export import export
+
+    engine = make_engine(sqlite_url)
+    migrate(engine)
+    svc.set_settings(engine, {"overlap": 1})
+    u = add_user(engine, "ann")
+    rk, rt = import_tasks(engine, [RANKING_TASK, RATING_TASK])
+    svc.allocate_batch(engine, u)
+    with Session(engine) as s:
+        ids = {t: [r.id for r in svc.get_assignment(s, u, t).task.responses] for t in (rk, rt)}
+    a, b, c = ids[rk]
+    _label(engine, u, rk, {"tiers": [[a], [b], [c]]})
+    only_rankings = tmp_path / "rankings.jsonl"
+    export(engine, only_rankings, "prefs")
+    recs = [json.loads(line) for line in only_rankings.read_text().splitlines()]
+    assert len(recs) == 3 and not any("margin" in r for r in recs)
+    x, y = ids[rt]
+    _label(engine, u, rt, {"ratings": [{"response_id": x, "score": 6}, {"response_id": y, "score": 2}]})
+    mixed = tmp_path / "mixed.jsonl"
+    export(engine, mixed, "prefs")
+    recs = [json.loads(line) for line in mixed.read_text().splitlines()]
+    assert len(recs) == 4 and all(isinstance(r.get("margin"), float) for r in recs)
+    assert sorted(r["margin"] for r in recs) == [0.0, 0.0, 0.0, 4.0]
+    engine.dispose()
+
+
 def test_winrates_known_values(tmp_path):
     recs = [{"method": "ppo", "reference": "sft", "outcome": o} for o in (1, 1, 0, 0.5)] + [
         {"method": "bon", "reference": "sft", "outcome": 1}]

@@ -1,9 +1,13 @@
 """Export labels as the files the rest of rlhfkit reads.
 
-``prefs`` (what ``rlhfkit reward --data`` reads; TRL-compatible preference pairs)::
+``prefs`` (what ``rlhfkit reward --data`` reads; TRL's standard preference shape, which TRL's
+RewardTrainer reads)::
 
     {"prompt", "chosen", "rejected", "margin"?, "annotator", "sources": {"chosen", "rejected"},
      "kind": "ranking"|"rating", "task_ids", "label_ids", "created_at"}
+
+* ``margin`` is on every row or on none: on every row as soon as one rating pair is exported (0 on
+  ranking and pairwise pairs), on none otherwise;
 
 * a ranking (tiers best first) gives every pair across tiers (none inside a tie);
 * ratings give, per annotator and prompt, every pair of responses whose scores differ,
@@ -60,7 +64,27 @@ def _ts(label: Label) -> str:
 
 
 def preference_records(engine: sa.Engine, include_gold: bool = False, include_pairwise: bool = False) -> Iterator[dict]:
-    """Preference pairs (see module docstring), rankings first, then ratings, in label order."""
+    """Preference pairs (see module docstring), rankings first, then ratings, in label order. ``margin``
+    is on every row or on none: TRL's RewardTrainer fails on a margin column with nulls, so when any
+    rating pair is exported, ranking and pairwise pairs get margin 0 (no strength given, as rlhfkit reads
+    a missing margin)."""
+    recs = list(_preference_pairs(engine, include_gold, include_pairwise))
+    if any("margin" in r for r in recs):
+        recs = [r if "margin" in r else _with_margin(r, 0.0) for r in recs]
+    yield from recs
+
+
+def _with_margin(rec: dict, margin: float) -> dict:
+    """``rec`` with ``margin`` right after ``rejected`` (where rating pairs have it)."""
+    out = {}
+    for k, v in rec.items():
+        out[k] = v
+        if k == "rejected":
+            out["margin"] = margin
+    return out
+
+
+def _preference_pairs(engine: sa.Engine, include_gold: bool, include_pairwise: bool) -> Iterator[dict]:
     kinds = ("ranking", "rating") + (("pairwise",) if include_pairwise else ())
     with Session(engine) as s:
         rows = _label_rows(s, kinds, include_gold)
