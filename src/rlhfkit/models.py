@@ -236,38 +236,58 @@ def cast_linears_for_autocast(model: nn.Module, dtype: torch.dtype = torch.bfloa
     return model
 
 
-def load_causal_lm(name: str | os.PathLike, *, lora: LoraSettings | None = None, trainable: bool = True):
+def is_adapter_folder(name: str | os.PathLike) -> bool:
+    """A peft adapter folder (for example an SFT ``checkpoint-N/model`` saved with LoRA)."""
+    path = Path(str(name))
+    return path.is_dir() and (path / "adapter_config.json").exists()
+
+
+def load_causal_lm(name: str | os.PathLike, *, lora: LoraSettings | None = None, trainable: bool = True,
+                   merge: bool | None = None):
     """A causal LM from any model name; with ``lora`` wrapped in a peft model whose reference
     (initial) network is the same module with adapters disabled -- no second copy in memory.
 
-    A peft adapter folder loads on top of its base and stays trainable (for resuming)."""
+    A peft adapter folder loads on top of its base (itself merged first when it is an adapter too):
+    with ``merge=False`` it stays a peft model whose adapters train on (for resuming a LoRA run); with
+    ``merge=True`` it is merged into a plain model -- the function the folder stands for -- that is then
+    treated like any other starting model (fresh LoRA when ``lora`` asks for it). A run that *starts*
+    from an adapter folder needs ``merge=True``: "adapters off" would otherwise be the base under the
+    adapter, not the model the run was given. ``merge`` defaults to ``not trainable`` (a frozen model is
+    the same function merged, and faster)."""
     from transformers import AutoModelForCausalLM
 
+    merge = (not trainable) if merge is None else merge
     path = resolve(name)
     if (path / "adapter_config.json").exists():
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(resolve(_adapter_base(path)), dtype=torch.float32)
-        model = PeftModel.from_pretrained(base, path, is_trainable=trainable)
+        base = load_causal_lm(_adapter_base(path), trainable=False, merge=True)
+        model = PeftModel.from_pretrained(base, path, is_trainable=trainable and not merge)
+        if merge:
+            model = model.merge_and_unload()
+            model.requires_grad_(trainable)  # the base was loaded frozen
+            if lora is not None and lora.r > 0:
+                model = _add_lora(model, lora, path)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         if lora is not None and lora.r > 0:
-            from peft import LoraConfig, get_peft_model
-
-            cfg = LoraConfig(
-                r=lora.r,
-                lora_alpha=lora.alpha,
-                lora_dropout=lora.dropout,
-                target_modules=list(lora.target_modules),
-                task_type="CAUSAL_LM",
-            )
-            model = get_peft_model(model, cfg)
-            # peft records the base by path; record the alias-resolved folder so the adapter reloads
-            model.peft_config["default"].base_model_name_or_path = str(path)
+            model = _add_lora(model, lora, path)
     disable_dropout(model)
     model.train(trainable)
     if not trainable:
         model.requires_grad_(False)
+    return model
+
+
+def _add_lora(model: nn.Module, lora: LoraSettings, base_path: Path) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                     target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    model = get_peft_model(model, cfg)
+    # peft records the base by path; record the alias-resolved folder (an adapter folder is merged again
+    # on load) so the adapter reloads
+    model.peft_config["default"].base_model_name_or_path = str(base_path)
     return model
 
 

@@ -25,7 +25,7 @@ from rlhfkit import ops
 from rlhfkit.config import PPOConfig
 from rlhfkit.data import load_prompts
 from rlhfkit.models import PolicyWithValue, is_peft, load_causal_lm, load_tokenizer
-from rlhfkit.rollout import GenerationConfig, Rollout, autocast_context, forward_response, generate
+from rlhfkit.rollout import GenerationConfig, Rollout, autocast_context, forward_response, generate, prompt_format
 from rlhfkit.train.common import (
     Batches, MetricsLog, Timer, latest_checkpoint, load_trainer_state, lora_settings, make_accelerator,
     make_optimizer, progress_bar, resolve_config_precision, rng_state, save_trainer_state, seed_everything, set_rng_state, write_run_info,
@@ -83,10 +83,17 @@ class PPOTrainer:
         seed_everything(cfg.seed)
         resume_ckpt = latest_checkpoint(cfg.resume) if cfg.resume else None
         self.tokenizer = load_tokenizer(cfg.model)
-        lm = load_causal_lm(resume_ckpt / "model" if resume_ckpt else cfg.model, lora=lora_settings(cfg))
+        # a run starts from the function cfg.model stands for (an adapter folder is merged into its base);
+        # a resumed LoRA run trains its checkpoint's adapters on
+        if resume_ckpt:
+            lm = load_causal_lm(resume_ckpt / "model", lora=lora_settings(cfg))
+        else:
+            lm = load_causal_lm(cfg.model, lora=lora_settings(cfg), merge=True)
         self.policy = PolicyWithValue(lm)
-        # the reference: with LoRA, the same network with adapters off; otherwise a frozen copy
-        self.ref = None if is_peft(lm) else load_causal_lm(cfg.model, trainable=False)
+        # the KL reference is cfg.model: with LoRA (adapters added on top of it) the same network with
+        # adapters off; otherwise a frozen copy. Not "is_peft": a policy loaded from an adapter folder is a
+        # peft model whose adapters-off network is the base *under* cfg.model (the pre-SFT model).
+        self.ref = None if (cfg.lora_r > 0 and is_peft(lm)) else load_causal_lm(cfg.model, trainable=False)
         if resume_ckpt:
             self.policy.value_head.load_state_dict(load_file(str(resume_ckpt / "value_head.safetensors")))
         self.optimizer, _ = make_optimizer(self.policy.parameters(), cfg.lr, head=self.policy.value_head,
@@ -101,7 +108,8 @@ class PPOTrainer:
         self.batches = Batches(len(prompts), cfg.batch_size, cfg.seed, drop_last=len(prompts) >= cfg.batch_size)
         self.generator = torch.Generator().manual_seed(cfg.seed + 7919 * self.accelerator.process_index)
         self.gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                        batch_size=cfg.batch_size, system_prompt=cfg.system_prompt)
+                                        batch_size=cfg.batch_size, system_prompt=cfg.system_prompt,
+                                        chat_template=cfg.chat_template)
         self.bf16 = cfg.mixed_precision == "bf16"
         self.step_count = 0
         if resume_ckpt:
@@ -164,6 +172,18 @@ class PPOTrainer:
             gold = as_scores(self.gold_fn(prompts, ro.responses), len(prompts)) if self.gold_fn else None
         with timer("time_ref_values"):
             old_logp, old_values, ref_logp = self.score_logprobs_values(ro)
+        # KL to the reference (nats per sequence), both estimators, of the policy that drew this batch
+        kl_k1 = (ops.kl_penalty(old_logp, ref_logp, "k1") * mask).sum(1).mean().item()
+        kl_k3 = (ops.kl_penalty(old_logp, ref_logp, "k3") * mask).sum(1).mean().item()
+        measured = {"score": scores.mean().item(), "kl_k1": kl_k1, "kl_k3": kl_k3,
+                    "response_length": mask.sum(1).mean().item(), "eos_rate": ro.ended.float().mean().item()}
+        if gold is not None:
+            measured["gold"] = gold.mean().item()
+        measured = self._reduce(measured)
+        if cfg.max_kl and measured["kl_k1"] > cfg.max_kl:
+            # the policy that drew these samples is past the KL budget: stop before updating it further
+            # (train() then restores the last policy whose measured KL was within the budget)
+            return {"metrics": {**measured, "updated": 0}, "timings": timer.t, "over_kl_budget": True}
         beta = self.kl_ctl.value
         rewards = ops.kl_shaped_rewards(scores, old_logp, ref_logp, mask, beta, kind=cfg.kl_penalty)
         if cfg.whiten_rewards:
@@ -171,30 +191,22 @@ class PPOTrainer:
         # 3. advantages (GAE), whitened over the batch
         advantages, returns = ops.gae(rewards, old_values, mask, gamma=cfg.gamma, lam=cfg.lam)
         advantages = ops.masked_whiten(advantages, mask) * mask
-        # 4. K epochs of minibatch updates
+        # 4. K epochs of minibatch updates (keeping pi_old's weights when a KL budget may call it back)
+        if cfg.max_kl:
+            self._snapshot_policy(kl_k1)
         with timer("time_update"):
             stats = self.update(ro, old_logp, old_values, advantages, returns)
-        # KL to the reference (nats per sequence), both estimators
-        kl_k1 = (ops.kl_penalty(old_logp, ref_logp, "k1") * mask).sum(1).mean().item()
-        kl_k3 = (ops.kl_penalty(old_logp, ref_logp, "k3") * mask).sum(1).mean().item()
         self.kl_ctl.update(kl_k1, len(prompts) * acc.num_processes)
         self.step_count += 1
         n_tokens = int(mask.sum())
         metrics = {
-            "score": scores.mean().item(),
             "score_std": scores.std().item() if len(scores) > 1 else 0.0,
-            "kl_k1": kl_k1,
-            "kl_k3": kl_k3,
             "kl_coef": beta,
             "non_score_reward": (rewards.sum(1) - scores).mean().item(),
-            "response_length": mask.sum(1).mean().item(),
-            "eos_rate": ro.ended.float().mean().item(),
             "advantage_mean_raw": ops.masked_mean(returns - old_values, mask).item(),
             **stats,
         }
-        if gold is not None:
-            metrics["gold"] = gold.mean().item()
-        metrics = self._reduce(metrics)
+        metrics = {**measured, **self._reduce(metrics)}
         timings = {**timer.t, "tokens_per_s": n_tokens / max(timer.t["time_generate"], 1e-9)}
         self.last_samples = list(zip(prompts, ro.responses, scores.tolist()))
         return {"metrics": metrics, "timings": timings}
@@ -205,16 +217,25 @@ class PPOTrainer:
         B = len(ro)
         mb = max(1, min(cfg.minibatch_size, B))
         sums: dict[str, float] = {}
-        n_mb, epochs_done = 0, 0
+        n_mb, epochs_done, stopped = 0, 0, False
         for epoch in range(cfg.ppo_epochs):
             perm = torch.randperm(B, generator=self.generator).tolist()
-            approx = []
             for i in range(0, B, mb):
                 j = torch.tensor(perm[i : i + mb])
                 m = mask[j]
                 out = forward_response(self.policy, ro.prompt_ids[j], ro.prompt_mask[j], ro.response_ids[j],
                                        ro.response_mask[j], temperature=cfg.temperature, with_values=True, with_entropy=True)
                 logp, values = out["logprobs"].float(), out["values"].float()
+                with torch.no_grad():
+                    log_ratio = (logp - old_logp[j]) * m
+                    # k3 estimate of KL(pi_old || pi): unbiased and never negative (Schulman, "Approximating KL")
+                    approx_kl = ops.masked_mean(torch.exp(log_ratio) - 1 - log_ratio, m).item()
+                # early stop per minibatch, before stepping on it (the N+ details; Stable-Baselines3): checked
+                # only at epoch ends it never acts with one PPO epoch. The first minibatch always updates
+                # (pi == pi_old there, approx KL 0).
+                if cfg.target_kl and n_mb > 0 and approx_kl > cfg.target_kl:
+                    stopped = True
+                    break
                 pg_loss, pg_clip = ops.ppo_policy_loss(logp, old_logp[j], advantages[j], m, cfg.clip_eps)
                 vf_loss, vf_clip = ops.ppo_value_loss(values, old_values[j], returns[j], m, cfg.clip_eps_value)
                 loss = pg_loss + cfg.vf_coef * vf_loss
@@ -223,11 +244,6 @@ class PPOTrainer:
                     acc.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad()
-                with torch.no_grad():
-                    log_ratio = (logp - old_logp[j]) * m
-                    # k3 estimate of KL(pi_old || pi): unbiased and never negative (Schulman, "Approximating KL")
-                    approx_kl = ops.masked_mean(torch.exp(log_ratio) - 1 - log_ratio, m).item()
-                approx.append(approx_kl)
                 for k, v in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("clip_frac", pg_clip),
                              ("value_clip_frac", vf_clip), ("entropy", ops.masked_mean(out["entropy"], m)),
                              ("approx_kl", approx_kl),
@@ -237,11 +253,28 @@ class PPOTrainer:
                         sums[k] = sums.get(k, 0.0) + v
                 n_mb += 1
             epochs_done += 1
-            if cfg.target_kl and sum(approx) / len(approx) > cfg.target_kl:
+            if stopped:
                 break  # the policy moved far enough from pi_old for this batch
         stats = {k: v / n_mb for k, v in sums.items()}
         stats["ppo_epochs_done"] = epochs_done
+        stats["ppo_minibatches_done"] = n_mb
         return stats
+
+    def _snapshot_policy(self, kl: float) -> None:
+        """Keep pi_old's trainable weights (on the CPU) and its measured KL: if the next batch shows the
+        update went past max_kl, the saved policy is this one, the last whose KL was measured within it."""
+        params = {n: p.detach().to("cpu", copy=True) for n, p in self.unwrapped.named_parameters() if p.requires_grad}
+        self._last_within_budget = {"step": self.step_count, "kl_k1": kl, "params": params}
+
+    def _restore_snapshot(self) -> dict | None:
+        snap = getattr(self, "_last_within_budget", None)
+        if snap is None:
+            return None
+        with torch.no_grad():
+            for n, p in self.unwrapped.named_parameters():
+                if n in snap["params"]:
+                    p.copy_(snap["params"][n].to(p.device))
+        return {"step": snap["step"], "kl_k1": snap["kl_k1"]}
 
     def _reduce(self, metrics: dict) -> dict:
         acc = self.accelerator
@@ -274,38 +307,59 @@ class PPOTrainer:
     def train(self) -> Path:
         cfg, acc = self.cfg, self.accelerator
         if acc.is_main_process:
-            write_run_info(self.out, cfg, model=cfg.model, reward=cfg.reward_model or cfg.reward_fn, prompts=cfg.prompts)
+            write_run_info(self.out, cfg, model=cfg.model, reward=cfg.reward_model or cfg.reward_fn, prompts=cfg.prompts,
+                           prompt_format=prompt_format(self.tokenizer, cfg.chat_template))
         log = MetricsLog(self.out, acc.is_main_process, resume_step=self.step_count if self.resumed else None)
         stop_reason = "steps"
+        # which policy is saved, and what is known of its KL: the KL of pi_s is measured on the samples
+        # of step s+1, so the policy after the last update has no measured KL unless a later batch saw it
+        saved = None
         bar = progress_bar(cfg.steps, "PPO", disable=not (self.show_progress and acc.is_main_process))
         with bar:
             task = bar.add_task("PPO", total=cfg.steps, completed=self.step_count, info="")
             while self.step_count < cfg.steps:
                 res = self.step()
                 m = res["metrics"]
-                if self.step_count % cfg.log_every == 0 or self.step_count == cfg.steps:
-                    log.log(self.step_count, m, res["timings"])
                 info = f"score {m['score']:+.3f}  KL {m['kl_k1']:.2f}"
                 if "gold" in m:
                     info += f"  gold {m['gold']:+.3f}"
+                if res.get("over_kl_budget"):
+                    # the samples of this batch came from pi_s (s = step_count): its KL is over the budget;
+                    # log the measurement (no update was made) and go back to pi_{s-1}
+                    log.log(self.step_count + 1, m, res["timings"])
+                    over_step = self.step_count
+                    restored = self._restore_snapshot()
+                    stop_reason = f"KL {m['kl_k1']:.2f} of the policy after update {over_step} passed max_kl {cfg.max_kl}"
+                    if restored is not None:
+                        saved = {"policy_after_update": restored["step"], "kl_k1": restored["kl_k1"],
+                                 "kl_measured": True, "note": "the last policy whose measured KL is within max_kl"}
+                    else:  # resumed right before the stop: the earlier weights were not kept
+                        saved = {"policy_after_update": over_step, "kl_k1": m["kl_k1"], "kl_measured": True,
+                                 "note": "over max_kl: the previous policy was not kept across the resume"}
+                    bar.update(task, info=info + "  (over max_kl: stopped)")
+                    break
+                if self.step_count % cfg.log_every == 0 or self.step_count == cfg.steps:
+                    log.log(self.step_count, m, res["timings"])
                 bar.update(task, advance=1, info=info)
                 if cfg.save_every and self.step_count % cfg.save_every == 0:
                     self.checkpoint()
-                if cfg.max_kl and m["kl_k1"] > cfg.max_kl:
-                    stop_reason = f"KL {m['kl_k1']:.2f} passed max_kl {cfg.max_kl}"
-                    break
         log.close()
+        if saved is None:
+            saved = {"policy_after_update": self.step_count, "kl_k1": None, "kl_measured": False,
+                     "note": "the policy after the last update; its KL was not measured (the last measured KL, "
+                             "in metrics.jsonl, is that of the policy before it)"}
         if cfg.save_every and self.step_count % cfg.save_every != 0:
             self.checkpoint()  # and at the end, so that a finished run can be extended with --resume
         self.save_final()
         if acc.is_main_process:
-            (self.out / "ppo_summary.json").write_text(json.dumps({"steps": self.step_count, "stopped": stop_reason}) + "\n")
+            summary = {"steps": self.step_count, "stopped": stop_reason, "saved": saved}
+            (self.out / "ppo_summary.json").write_text(json.dumps(summary) + "\n")
         acc.wait_for_everyone()
         return self.out
 
 
 def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, gold_fn: RewardFn | None = None, progress: bool = True) -> Path:
-    prompts = [r["prompt"] for r in load_prompts(cfg.prompts)]  # malformed lines stop here
+    prompts = [r["prompt"] for r in load_prompts(cfg.prompts, cfg.chat_template)]  # malformed lines stop here
     resolve_config_precision(cfg)  # before the reward scorer is built: it follows the same decision
     if reward_fn is None:
         if cfg.reward_fn:
@@ -313,7 +367,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, gold_fn: Reward
         elif cfg.reward_model:
             from rlhfkit.train.reward import RewardScorer
 
-            reward_fn = RewardScorer.load(cfg.reward_model, cfg.system_prompt, cfg.reward_batch_size, bf16=cfg.mixed_precision == "bf16",
+            # the reward model's own system prompt and token limits (saved with it), centred so that its
+            # reference responses score mean 0 (the head has no bias to hold the shift)
+            reward_fn = RewardScorer.load(cfg.reward_model, batch_size=cfg.reward_batch_size, center=True, bf16=cfg.mixed_precision == "bf16",
                                           device="cpu")  # the trainer moves it to its own device
         else:
             raise ValueError("PPO needs a reward: --reward-model DIR or --reward-fn module:function")
