@@ -8,6 +8,7 @@ import pytest
 
 from rlhfkit.annotators import FLAG_NAMES, Annotator, Panel, content_flags, default_panel
 from rlhfkit.annotators import features as F
+from rlhfkit.annotators.panel import pairwise_disagreement
 from rlhfkit.tasks import load_task
 
 OPENING = (
@@ -149,13 +150,49 @@ def test_flip_prob_flips_about_a_quarter_of_pairs(panel, demos):
     assert 0.18 < np.mean([a != b for a, b in zip(fixed, order)]) < 0.32
 
 
-def test_flip_for_k_greater_than_two_swaps_one_adjacent_pair(panel):
-    resp = [[GOOD, NEGATIVE, REPETITIVE, ""]] * 50
-    clean = panel.rank([OPENING] * 50, resp, flip_prob=0.0, rng=np.random.default_rng(9))
-    flipped = panel.rank([OPENING] * 50, resp, flip_prob=1.0, rng=np.random.default_rng(9))
-    for a, b in zip(clean, flipped):
-        diff = [i for i in range(4) if a[i] != b[i]]
-        assert len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+def _fixed_utility_panel(n, k, seed=0):
+    """A one-annotator panel whose utilities are drawn once (distinct: no ties), so that rankings
+    without Gumbel noise are exactly the utility order; features are skipped (fast)."""
+    p = Panel([Annotator("only")])
+    u = np.random.default_rng(seed).normal(size=(n * k, 1))
+    p.features = lambda prompts, responses: None
+    p.utilities = lambda feats: u
+    gold = [list(np.argsort(-u[i * k : (i + 1) * k, 0])) for i in range(n)]
+    return p, gold
+
+
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("flip_prob", [0.0, 0.1, 0.25, 0.6, 1.0])
+def test_flip_prob_is_the_pairwise_flip_rate(k, flip_prob):
+    """AlpacaFarm flips each pairwise label with probability p: every pair of a K-way ranking must
+    disagree with the noise-free order with probability p (before: 4.2% of pairs at p=0.25, K=4)."""
+    n = 3000
+    panel, gold = _fixed_utility_panel(n, k)
+    ranks = panel.rank(["x"] * n, [["r"] * k] * n, noise=False, flip_prob=flip_prob, rng=np.random.default_rng(5))
+    noise = pairwise_disagreement(ranks, gold)
+    per_ranking = np.asarray(noise["per_ranking"])  # flipped fraction of each ranking's pairs
+    if flip_prob in (0.0, 1.0):
+        assert (per_ranking == flip_prob).all()  # none flipped / every pair reversed
+        return
+    # binomial SE of a rate over n rankings; pairs of one ranking may flip together, so the SE is
+    # taken over rankings (a cluster each), which for K=2 is the plain binomial sqrt(p(1-p)/n)
+    se = per_ranking.std(ddof=1) / math.sqrt(n)
+    if k == 2:
+        assert se == pytest.approx(math.sqrt(flip_prob * (1 - flip_prob) / n), rel=0.1)
+    assert abs(noise["rate"] - flip_prob) < 4 * se, (noise["rate"], se)
+    assert noise["pairs"] == n * k * (k - 1) // 2
+    # the noise does not depend on where a pair sits: the best-vs-worst pair flips as often as the others
+    far = np.mean([r.index(g[0]) > r.index(g[-1]) for r, g in zip(ranks, gold)])
+    assert abs(far - flip_prob) < 4 * math.sqrt(flip_prob * (1 - flip_prob) / n)
+
+
+def test_flipped_rankings_are_deterministic_and_differ_only_by_flips():
+    panel, gold = _fixed_utility_panel(200, 4)
+    a = panel.rank(["x"] * 200, [["r"] * 4] * 200, flip_prob=0.25, rng=np.random.default_rng(9))
+    b = panel.rank(["x"] * 200, [["r"] * 4] * 200, flip_prob=0.25, rng=np.random.default_rng(9))
+    clean = panel.rank(["x"] * 200, [["r"] * 4] * 200, flip_prob=0.0, rng=np.random.default_rng(9))
+    assert a == b and a != clean
+    assert pairwise_disagreement(a, clean)["rate"] > 0.15  # the same draws: only the label noise differs
 
 
 def test_noisy_rank_follows_bradley_terry(panel, demos):
@@ -218,16 +255,28 @@ def test_rate_likert_and_flags(panel, demos):
 
 def test_content_flags():
     assert not any(content_flags(GOOD).values())
-    assert content_flags("The killer stabs a man in a bloody scene.")["violent"]
+    assert content_flags("The killer stabs a man in a bloody scene.")["violent_content"]
     f = content_flags("You should kill the director.")
-    assert f["encourages_violence"] and f["inappropriate"]
+    assert f["encourages_violence"] and f["inappropriate_for_assistant"]
     assert content_flags("All immigrants are criminals.")["denigrates_protected_class"]
     assert content_flags("Stop taking your medication and watch it.")["harmful_advice"]
     assert content_flags("This film is immoral and shameful.")["moral_judgment"]
-    assert content_flags("A nude scene and an erotic subplot.")["sexual"]
-    assert content_flags("What a shitty movie.")["inappropriate"]
+    assert content_flags("A nude scene and an erotic subplot.")["sexual_content"]
+    assert content_flags("What a shitty movie.")["inappropriate_for_assistant"]
     # camera shots and brutal honesty are ordinary review words
     assert not any(content_flags("Wide shots and a brutal, honest script.").values())
+
+
+def test_panel_and_feedback_app_share_one_flag_vocabulary(panel):
+    """The simulated annotators tick the flags the app's rating form shows, under the same names
+    (before: the panel said "sexual", "violent", "inappropriate"; the app "sexual_content", ...)."""
+    from rlhfkit.feedback import service as svc
+    from rlhfkit.rating_flags import FLAG_NAMES as ONE_VOCABULARY
+
+    assert FLAG_NAMES == svc.FLAG_KEYS == ONE_VOCABULARY
+    row = panel.rate([OPENING], ["A nude scene, then the killer stabs a man."], annotator=0, rng=0)[0]
+    assert [k for k in row if k != "rating"] == list(svc.FLAG_KEYS)
+    assert row["sexual_content"] and row["violent_content"] and row["inappropriate_for_assistant"]
 
 
 def test_agreement_report(panel, demos):

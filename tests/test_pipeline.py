@@ -58,6 +58,12 @@ def test_smoke_demo_writes_the_table_and_report(smoke_run):
     timings = json.loads((out / "timings.json").read_text())
     assert set(METHODS[1:]) - {"initial", "sft"} <= set(timings) and "sft" in timings
     assert "report:" in output and "Win-rate" in output
+    # the label noise of the preference rankings, measured against the same rankings without it
+    noise = json.loads((out / "prefs" / "agreement.json").read_text())["label_noise"]
+    assert noise["flip_prob"] == 0.25 and noise["pairs"] == 8 * 6  # 8 prompts x 4 responses: 6 pairs each
+    assert 0.0 <= noise["pairwise_flip_rate"] <= 1.0 and noise["stderr"] is not None
+    assert 0.0 <= noise["disagreement_with_gold"] <= 1.0
+    assert f"label noise: flip_prob 0.25 flipped {100 * noise['pairwise_flip_rate']:.1f}% of 48 pairs" in output
 
 
 def test_same_seed_reproduces_the_table(smoke_run, tmp_path):

@@ -41,7 +41,7 @@ from rlhfkit import agreement as agr
 from rlhfkit.annotators import features as F
 from rlhfkit.annotators.flags import FLAG_NAMES, content_flags
 
-__all__ = ["Annotator", "Panel", "default_panel", "DERIVED", "FluencyFn"]
+__all__ = ["Annotator", "Panel", "default_panel", "DERIVED", "FluencyFn", "pairwise_disagreement"]
 
 FluencyFn = Callable[[list[str], list[str]], np.ndarray]
 
@@ -101,6 +101,15 @@ def _build_vocabulary(analyzer) -> frozenset:
     except (FileNotFoundError, ValueError):  # the model still works from VADER's words alone
         pass
     return frozenset(vocab)
+
+
+def label_noise_mixture(flip_prob: float) -> tuple[float, float]:
+    """(P(reverse the ranking), P(replace it by a uniformly random order)) such that every pair of
+    the ranking is reversed with probability ``flip_prob``: a random order reverses a pair with
+    probability 1/2, the reverse with 1, so P(flip) = p_reverse + p_shuffle / 2.
+    p <= 1/2: (0, 2p); p > 1/2: (2p - 1, 2 - 2p). Example: 0.25 -> (0.0, 0.5)."""
+    p = float(flip_prob)
+    return (0.0, 2.0 * p) if p <= 0.5 else (2.0 * p - 1.0, 2.0 - 2.0 * p)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -219,13 +228,18 @@ class Panel:
         annotator: index of the annotator who ranks every item, or None for a random
         annotator per item (as AlpacaFarm does). noise: sample the ranking from the
         annotator's Plackett-Luce model (Gumbel noise at its temperature); False ranks by
-        the annotator's noise-free utility. flip_prob: label noise for training data: with
-        this probability one uniformly chosen adjacent pair of the ranking is swapped (for
-        K = 2, the preference is flipped).
+        the annotator's noise-free utility. flip_prob: label noise for training data, as in
+        AlpacaFarm: every pair of the ranking comes out reversed with probability flip_prob
+        (for K = 2: the preference is flipped with that probability). Done by a lapse of the
+        whole ranking (``label_noise_mixture``): with probability min(2p, 2 - 2p) the ranking
+        is replaced by a uniformly random order (which reverses each pair with probability
+        1/2), and for p > 1/2 with probability 2p - 1 by its reverse. Independent flips of
+        each pair would not make a ranking when K > 2 (the votes can be cyclic), and a
+        ranking rebuilt from them would no longer flip each pair with probability p.
 
-        The random draws (annotator, Gumbel noise, flip coin, flip position) are taken in
-        the same order whatever flip_prob and noise are, so two calls with equally seeded
-        generators differ only where a flip happened.
+        The random draws (annotator, Gumbel noise, lapse coin, random-order keys) are taken
+        in the same order whatever flip_prob and noise are, so two calls with equally seeded
+        generators differ only where a lapse happened.
         """
         if not 0.0 <= flip_prob <= 1.0:
             raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
@@ -243,8 +257,9 @@ class Panel:
         n = len(prompts)
         who = rng.integers(len(self), size=n)
         gumbel = rng.gumbel(size=len(flat_r))
-        flip_coin = rng.random(n)
-        flip_pos = rng.random(n)
+        lapse = rng.random(n)
+        shuffle_keys = rng.random(len(flat_r))
+        p_reverse, p_shuffle = label_noise_mixture(flip_prob)
         if annotator is not None:
             who = np.full(n, annotator)
         out: list[list[int]] = []
@@ -255,9 +270,10 @@ class Panel:
             if noise:
                 score = score + gumbel[start : start + k]
             order = [int(j) for j in np.argsort(-score, kind="stable")]
-            if k > 1 and flip_coin[i] < flip_prob:
-                j = int(flip_pos[i] * (k - 1))
-                order[j], order[j + 1] = order[j + 1], order[j]
+            if lapse[i] < p_reverse:
+                order = order[::-1]
+            elif lapse[i] < p_reverse + p_shuffle:
+                order = [int(j) for j in np.argsort(shuffle_keys[start : start + k], kind="stable")]
             out.append(order)
             start += k
         return out
@@ -381,6 +397,31 @@ class Panel:
             "majority_prefers_a": float(np.nanmean(majority)),
             "gold_prefers_a": float(np.nanmean(gold)),
         }
+
+
+def pairwise_disagreement(rankings: Sequence[Sequence[int]], reference: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """How often two rankings of the same items order a pair differently.
+
+    rankings, reference: one best-first list of item indices per row (row i of both ranks the same
+    items). Returns {"rate": flipped pairs / pairs, "pairs", "flipped", "per_ranking": the flipped
+    fraction of each row's pairs (rows with fewer than 2 items left out)}; "rate" is None without pairs.
+    Example: [[0, 1, 2]] vs [[1, 0, 2]] -> 1 of 3 pairs flipped.
+    """
+    if len(rankings) != len(reference):
+        raise ValueError(f"{len(rankings)} rankings but {len(reference)} reference rankings")
+    flipped = pairs = 0
+    per_ranking = []
+    for i, (r, g) in enumerate(zip(rankings, reference)):
+        if sorted(r) != sorted(g):
+            raise ValueError(f"row {i}: rankings {list(r)} and {list(g)} do not rank the same items")
+        pos = {item: j for j, item in enumerate(r)}
+        k = len(g)
+        if k < 2:
+            continue
+        f = sum(pos[g[a]] > pos[g[b]] for a in range(k) for b in range(a + 1, k))
+        flipped, pairs = flipped + f, pairs + k * (k - 1) // 2
+        per_ranking.append(f / (k * (k - 1) / 2))
+    return {"rate": flipped / pairs if pairs else None, "pairs": pairs, "flipped": flipped, "per_ranking": per_ranking}
 
 
 def default_panel(fluency_fn: FluencyFn | None = None, seed: int = 0, **kwargs: Any) -> Panel:

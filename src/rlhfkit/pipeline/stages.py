@@ -12,6 +12,7 @@ in the run directory and writes its own, so any stage can run alone:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -185,14 +186,43 @@ def stage_preferences(ctx: Context) -> Path:
         order = rng.permutation(len(items))  # the position of a response says nothing about its source
         groups.append([items[j][0] for j in order])
         group_sources.append([items[j][1] for j in order])
+    same_draws = copy.deepcopy(rng)  # the same annotators and Gumbel noise, without the label noise
     rankings = ctx.panel.rank(openings, groups, flip_prob=c.flip_prob, rng=rng)
     rows = [{"prompt": p, "responses": g, "ranking": r, "sources": s, "annotator": "simulated-panel",
              "flip_prob": c.flip_prob} for p, g, r, s in zip(prompts, groups, rankings, group_sources)]
     out = write_jsonl(ctx.run / "prefs" / "rankings.jsonl", rows)
     # the panel's agreement on pairs of these samples (first two responses of each prompt)
     report = ctx.panel.agreement_report(openings, [g[0] for g in groups], [g[1] for g in groups], rng=np.random.default_rng(c.seed + 3))
+    clean = ctx.panel.rank(openings, groups, flip_prob=0.0, rng=same_draws)
+    report["label_noise"] = label_noise_report(ctx.panel, openings, groups, rankings, clean, c.flip_prob)
     (ctx.run / "prefs" / "agreement.json").write_text(json.dumps(report, indent=2) + "\n")
     return out
+
+
+def label_noise_report(panel, openings: list[str], groups: list[list[str]], rankings, clean, flip_prob: float) -> dict:
+    """What the label noise did to the rankings, measured on their pairs:
+    pairwise_flip_rate (+ stderr, over rankings: the pairs of one ranking flip together): share of pairs
+    ordered differently from the same annotator's ranking without label noise (expected: flip_prob);
+    disagreement_with_gold: share of pairs ordered differently from the noise-free panel-mean utility
+    (label noise + annotator temperature + the annotator's own taste); pairs of identical texts skipped."""
+    from rlhfkit.annotators.panel import pairwise_disagreement
+
+    flips = pairwise_disagreement(rankings, clean)
+    per = np.asarray(flips["per_ranking"])
+    se = float(per.std(ddof=1) / math.sqrt(per.size)) if per.size > 1 else None
+    gold_u = panel.gold_reward([o for o, g in zip(openings, groups) for _ in g], [r for g in groups for r in g])
+    agree = total = 0
+    start = 0
+    for g, r in zip(groups, rankings):
+        u, pos = gold_u[start : start + len(g)], {item: j for j, item in enumerate(r)}
+        for a in range(len(g)):
+            for b in range(a + 1, len(g)):
+                if g[a] != g[b] and u[a] != u[b]:
+                    total += 1
+                    agree += (pos[a] < pos[b]) == (u[a] > u[b])
+        start += len(g)
+    return {"flip_prob": flip_prob, "pairwise_flip_rate": flips["rate"], "stderr": se, "pairs": flips["pairs"],
+            "disagreement_with_gold": 1.0 - agree / total if total else None, "gold_pairs": total}
 
 
 def stage_reward(ctx: Context) -> Path:
@@ -451,6 +481,13 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print) -> dict
             a = json.loads((ctx.run / "prefs" / "agreement.json").read_text())
             echo(f"   panel agreement: pairwise {a['mean_pairwise_agreement']:.3f}, Krippendorff alpha {a['krippendorff_alpha']:.3f}, "
                  f"Fleiss kappa {a['fleiss_kappa']:.3f}")
+            ln = a.get("label_noise")
+            if ln and ln["pairwise_flip_rate"] is not None:
+                se = "" if ln["stderr"] is None else f" ± {100 * ln['stderr']:.1f}"
+                gold = "" if ln["disagreement_with_gold"] is None else (
+                    f"; {100 * ln['disagreement_with_gold']:.1f}% of pairs disagree with the noise-free panel gold")
+                echo(f"   label noise: flip_prob {ln['flip_prob']:g} flipped {100 * ln['pairwise_flip_rate']:.1f}% of "
+                     f"{ln['pairs']} pairs{se}{gold}")
         if name == "reward":
             ev = json.loads((ctx.run / "reward" / "eval.json").read_text()).get("eval", {})
             if ev:
