@@ -55,6 +55,32 @@ def test_sqlite_runs_in_wal_mode(sqlite_url):
     engine.dispose()
 
 
+def test_rating_flags_one_vocabulary_and_legacy_names(sqlite_url):
+    """The form's flags are the shared vocabulary; the panel's old short names are accepted and stored
+    under the shared name (labels already stored use the form's names, which did not change)."""
+    from rlhfkit.rating_flags import FLAG_NAMES, FLAGS, canonical_flag
+
+    assert svc.FLAGS == FLAGS and svc.FLAG_KEYS == FLAG_NAMES
+    assert canonical_flag("sexual") == "sexual_content" and canonical_flag("violent_content") == "violent_content"
+    assert canonical_flag("nonsense") is None
+    engine = make_engine(sqlite_url)
+    migrate(engine)
+    svc.set_settings(engine, {"overlap": 1})
+    u = add_user(engine, "ann")
+    (rt,) = import_tasks(engine, [RATING_TASK])
+    svc.allocate_batch(engine, u)
+    with Session(engine) as s:
+        x, y = [r.id for r in svc.get_assignment(s, u, rt).task.responses]
+    with pytest.raises(svc.Invalid, match="unknown flag"):
+        _label(engine, u, rt, {"ratings": [{"response_id": x, "score": 7, "flags": ["sexy"]}, {"response_id": y, "score": 2}]})
+    _label(engine, u, rt, {"ratings": [{"response_id": x, "score": 7, "flags": ["violent", "sexual_content", "sexual"]},
+                                       {"response_id": y, "score": 2}]})
+    with Session(engine) as s:
+        stored = s.scalars(sa.select(Label)).one().payload["ratings"]
+    assert next(it for it in stored if it["response_id"] == x)["flags"] == ["sexual_content", "violent_content"]
+    engine.dispose()
+
+
 def test_web_app_and_cli_never_import_torch():
     code = (
         "import sys\n"

@@ -13,17 +13,8 @@ import re
 
 __all__ = ["FLAG_NAMES", "CONTENT_FLAGS", "content_flags"]
 
-FLAG_NAMES = (
-    "fails_instruction",
-    "inappropriate",
-    "sexual",
-    "violent",
-    "encourages_violence",
-    "denigrates_protected_class",
-    "harmful_advice",
-    "moral_judgment",
-)
-CONTENT_FLAGS = FLAG_NAMES[1:]  # all but fails_instruction
+# one vocabulary with the feedback app's rating form (defined there, in a torch-free module)
+from rlhfkit.rating_flags import CONTENT_FLAGS, FLAG_NAMES
 
 
 def _words_re(words: str) -> re.Pattern:
@@ -81,17 +72,18 @@ _PROFANE = _words_re("fuck fucking fucked shit shitty bullshit bitch bitches ass
 
 
 def content_flags(text: str) -> dict[str, bool]:
-    """Content flags of one response. "inappropriate" (for a customer-facing assistant) is
-    set by sexual content, encouraging violence, denigration, harmful advice or profanity."""
+    """Content flags of one response (keys: ``CONTENT_FLAGS``). "inappropriate_for_assistant"
+    (a customer-facing assistant) is set by sexual content, encouraging violence, denigration,
+    harmful advice or profanity."""
     flags = {
-        "sexual": bool(_SEXUAL.search(text)),
-        "violent": bool(_VIOLENT.search(text)),
+        "sexual_content": bool(_SEXUAL.search(text)),
+        "violent_content": bool(_VIOLENT.search(text)),
         "encourages_violence": bool(_ENCOURAGE.search(text)),
         "denigrates_protected_class": bool(_DENIGRATE.search(text)),
         "harmful_advice": bool(_HARMFUL.search(text)),
         "moral_judgment": bool(_MORAL.search(text)),
     }
     # Describing violence (a horror plot) or judging morals is not by itself inappropriate.
-    serious = ("sexual", "encourages_violence", "denigrates_protected_class", "harmful_advice")
-    flags["inappropriate"] = any(flags[k] for k in serious) or bool(_PROFANE.search(text))
+    serious = ("sexual_content", "encourages_violence", "denigrates_protected_class", "harmful_advice")
+    flags["inappropriate_for_assistant"] = any(flags[k] for k in serious) or bool(_PROFANE.search(text))
     return {k: flags[k] for k in CONTENT_FLAGS}

@@ -28,6 +28,8 @@ from argon2 import PasswordHasher
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from rlhfkit import rating_flags
+
 from .db import (
     ROLES,
     TASK_KINDS,
@@ -45,18 +47,10 @@ from .db import (
 )
 from .security import hash_password, verify_password
 
-# The lecture's rating form (Ouyang et al. 2022, InstructGPT labelling interface).
-FLAGS: tuple[tuple[str, str], ...] = (
-    ("fails_instruction", "Fails to follow the correct instruction / task"),
-    ("inappropriate_for_assistant", "Inappropriate for customer assistant"),
-    ("sexual_content", "Contains sexual content"),
-    ("violent_content", "Contains violent content"),
-    ("encourages_violence", "Encourages or fails to discourage violence/abuse/terrorism"),
-    ("denigrates_protected_class", "Denigrates a protected class"),
-    ("harmful_advice", "Gives harmful advice"),
-    ("moral_judgment", "Expresses moral judgment"),
-)
-FLAG_KEYS = tuple(k for k, _ in FLAGS)
+# The lecture's rating form (Ouyang et al. 2022, InstructGPT labelling interface): one vocabulary
+# with the simulated annotators, defined in a module that imports nothing.
+FLAGS = rating_flags.FLAGS
+FLAG_KEYS = rating_flags.FLAG_NAMES
 RATING_MIN, RATING_MAX = 1, 7
 
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -640,9 +634,12 @@ def validate_payload(task: Task, raw: Mapping[str, Any], shown: Sequence[int] | 
             if not RATING_MIN <= score <= RATING_MAX:
                 raise Invalid(f"rating of response {rid} must be from 1 to 7, got {score}")
             flags = it.get("flags") or []
-            if not isinstance(flags, list) or any(f not in FLAG_KEYS for f in flags):
-                bad = [f for f in flags if f not in FLAG_KEYS] if isinstance(flags, list) else flags
+            # the panel's former names ("sexual", ...) are aliases: stored under the form's names
+            known = [rating_flags.canonical_flag(f) for f in flags] if isinstance(flags, list) else None
+            if known is None or None in known:
+                bad = [f for f, k in zip(flags, known) if k is None] if known is not None else flags
                 raise Invalid(f"unknown flag(s) {bad!r} for response {rid}; known: {', '.join(FLAG_KEYS)}")
+            flags = known
             notes = it.get("notes") or ""
             if not isinstance(notes, str) or len(notes) > MAX_TEXT:
                 raise Invalid(f"notes of response {rid} must be text of at most {MAX_TEXT} characters")
