@@ -59,7 +59,7 @@ def resolve(requested: str | bool | None, device: torch.device | str | None = No
             warnings.warn(f"bf16 was asked for, but {_device_words(device)} has no native bf16 (no AVX-512 BF16/AMX): "
                           "it will run many times slower than fp32; use --mixed-precision auto (or no)", stacklevel=2)
             why = f"asked for; {_device_words(device)} has no native bf16, expect it to be very slow"
-    if announce:
+    if announce and req == "auto":  # an explicit choice needs no announcement (the pipeline passes its own down)
         line = f"precision: {'fp32' if chosen == 'no' else chosen} ({why})"
         if line not in _announced:
             _announced.add(line)
