@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -243,7 +244,8 @@ def test_winrates_known_values(tmp_path):
     xs = [1, 1, 0, 0.5]
     mean = sum(xs) / 4
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / 3)
-    assert wr["ppo"] == {"win_rate": pytest.approx(0.625), "stderr": pytest.approx(sd / 2), "n": 4, "reference": "sft"}
+    assert wr["ppo"] == {"win_rate": pytest.approx(0.625), "stderr": pytest.approx(sd / 2), "n": 4, "judgments": 4,
+                         "reference": "sft"}
     assert wr["bon"]["n"] == 1 and math.isnan(wr["bon"]["stderr"])
     # a file works as well as records, and a method against two references is split
     f = tmp_path / "eval.jsonl"
@@ -252,6 +254,21 @@ def test_winrates_known_values(tmp_path):
     assert set(wr2) == {"ppo vs sft", "ppo vs init", "bon"}
     with pytest.raises(ValueError, match="record 1"):
         winrates_from_records([{"method": "a", "reference": "b", "outcome": 2}])
+
+
+def test_human_winrates_cluster_by_prompt_like_the_simulated_ones():
+    """Three annotators judged prompt p1: their judgments are one prompt's mean, as a method's several
+    answers to one prompt are in eval.winrate (before: six independent judgments, SE per judgment)."""
+    from rlhfkit.eval.winrate import summarise_method
+
+    outcomes = {"p1": [1, 1, 1], "p2": [0], "p3": [0.5], "p4": [1]}
+    recs = [{"prompt": p, "method": "ppo", "reference": "initial", "outcome": o} for p, os in outcomes.items() for o in os]
+    wr = winrates_from_records(recs)["ppo"]
+    means = [1, 0, 0.5, 1]
+    assert wr["win_rate"] == pytest.approx(0.625) and wr["n"] == 4 and wr["judgments"] == 6
+    assert wr["stderr"] == pytest.approx(np.std(means, ddof=1) / 2)
+    sim = summarise_method(recs)  # the simulated win-rate's computation on the same rows: the same numbers
+    assert (sim["win_rate"], sim["stderr"], sim["n"]) == (wr["win_rate"], wr["stderr"], wr["n"])
 
 
 # --------------------------------------------------------------------------- CLI

@@ -604,7 +604,8 @@ def write_report(run_dir: Path | str) -> tuple[Path, Path]:
     n_text = (f"n = {n_values[0]} prompts per method" if len(sizes) == 1 and "x" not in next(iter(sizes))
               else "n per method: " + ", ".join(f"{display_name(k)} {_n(m)}" for k, m in _sorted_methods(winrates)))
     intro = (f"Win-rate = share of eval answers the panel preferred to {display_name(ref)}'s answer to the same prompt "
-             f"(ties count half); SE = standard error over prompts (a prompt's answers are averaged first); {n_text}. "
+             f"(ties count half); SE = standard error over prompts (a prompt's answers are averaged first"
+             f"{'; human judgments likewise: a prompt judged several times counts once' if _has_human(winrates) else ''}); {n_text}. "
              f"Gold/proxy reward, KL and length are means over the same prompts; KL is to the SFT policy, estimated "
              f"on each method's own samples (best-of-n: the analytic log n - (n-1)/n); length in words."
              + (f" {display_name(ref)} is the reference: its row is its answers judged against themselves, "

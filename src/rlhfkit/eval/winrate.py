@@ -109,9 +109,8 @@ def summarise_method(rows: Sequence[Mapping], source: str = "rows") -> dict:
             raise ValueError(f'{source}: row {i}: missing field "outcome"')
         outcomes.append(_number(row["outcome"], f"{source}: row {i}", "outcome"))
     _as_outcomes(outcomes, f"{source}: outcome")
-    per_prompt = prompt_means(rows, outcomes)
-    wr, se = _mean_stderr(np.asarray(list(per_prompt.values()), dtype=float))
-    out: dict = {"win_rate": wr, "stderr": se}
+    clustered = clustered_win_rate(rows, outcomes)
+    out: dict = {"win_rate": clustered["win_rate"], "stderr": clustered["stderr"]}
     for key, name in METRIC_FIELDS.items():
         have = [i for i, row in enumerate(rows) if row.get(key) is not None]
         if not have:
@@ -124,9 +123,26 @@ def summarise_method(rows: Sequence[Mapping], source: str = "rows") -> dict:
             )
         vals = [_number(row[key], f"{source}: row {i}", key) for i, row in enumerate(rows)]
         out[name] = float(np.mean(vals))
-    out["n"] = len(per_prompt)
+    out["n"] = clustered["n"]
     out["samples"] = len(rows)
     return out
+
+
+def clustered_win_rate(rows: Sequence[Mapping], outcomes: Sequence[float] | None = None) -> dict:
+    """Win-rate and standard error with the prompt as the unit: every judgment of one prompt (a
+    method's several answers, or several annotators) is averaged first, then the mean and
+    ``std(ddof=1) / sqrt(n)`` are taken over the n prompts (NaN SE when n < 2). The one computation
+    for simulated (``summarise_method``) and human (``feedback.winrate``) win-rates.
+
+    rows: dicts with "outcome" (unless ``outcomes`` gives them) and "prompt" (a row without one is
+    a prompt of its own). Returns {"win_rate", "stderr", "n" (prompts), "judgments" (rows)}.
+    Example: prompt a: [1, 1, 1], b: [0] -> prompt means [1, 0] -> (0.5, 0.5), n 2, judgments 4.
+    """
+    per_prompt = prompt_means(rows, outcomes)
+    if not per_prompt:
+        raise ValueError("no outcomes (need at least one)")
+    wr, se = _mean_stderr(np.asarray(list(per_prompt.values()), dtype=float))
+    return {"win_rate": wr, "stderr": se, "n": len(per_prompt), "judgments": len(rows)}
 
 
 def prompt_means(rows: Sequence[Mapping], outcomes: Sequence[float] | None = None) -> dict:
@@ -205,19 +221,26 @@ def paired_outcomes(rows_a: Sequence[Mapping], rows_b: Sequence[Mapping]) -> tup
 
 
 def _human_summary(name: str, judgments) -> dict:
-    """human: a list of outcomes, or an already computed {"win_rate", "stderr", "n"}."""
+    """human: an already computed {"win_rate", "stderr", "n" (prompts), ["judgments"]} (what
+    ``feedback.winrate.human_winrates`` gives, clustered by prompt), or a list of outcomes, each
+    then a prompt of its own (no prompts to cluster by)."""
     if isinstance(judgments, Mapping):
         try:
-            return {
+            se = judgments.get("stderr")
+            out = {
                 "human_win_rate": float(judgments["win_rate"]),
-                "human_stderr": None if judgments.get("stderr") is None else float(judgments["stderr"]),
+                "human_stderr": None if se is None else _nan_to_none(float(se)),
                 "human_n": int(judgments["n"]),
             }
         except KeyError as e:
             raise ValueError(f"human[{name!r}]: missing key {e.args[0]!r} (need win_rate, stderr, n)") from None
+        if judgments.get("judgments") is not None:
+            out["human_judgments"] = int(judgments["judgments"])
+        return out
     x = _as_outcomes(list(judgments), f"human[{name!r}]")
-    wr, se = _mean_stderr(x)
-    return {"human_win_rate": wr, "human_stderr": _nan_to_none(se), "human_n": int(x.size)}
+    c = clustered_win_rate([{"outcome": float(o)} for o in x])
+    return {"human_win_rate": c["win_rate"], "human_stderr": _nan_to_none(c["stderr"]), "human_n": c["n"],
+            "human_judgments": c["judgments"]}
 
 
 def _nan_to_none(v):
