@@ -259,7 +259,7 @@ def test_policy_with_value_shapes_and_logits_to_keep(base, batch):
 def _random_head_rm(seed: int = 0) -> RewardModel:
     rm = RewardModel.from_pretrained("tiny")
     assert torch.count_nonzero(rm.model.score.weight) == 0  # a fresh head scores everything 0
-    assert rm.config.rlhfkit_reward_mean == 0.0 and rm.config.rlhfkit_reward_std == 1.0
+    assert rm.reference_mean == 0.0
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         rm.model.score.weight.copy_(torch.randn(rm.model.score.weight.shape, generator=g))
@@ -343,29 +343,30 @@ def test_reward_model_roundtrip_keeps_scores_and_normalisation(tmp_path, tok):
     from transformers import AutoModelForSequenceClassification
 
     rm = _random_head_rm(seed=1)
-    rm.set_normalization(0.5, 2.0)
     ids, mask = _pad(_rows(tok, ["Good.", "Bad film, bad actors."]), tok.pad_token_id, "left")
     with torch.no_grad():
-        raw, norm = rm(ids, mask), rm(ids, mask, normalize=True)
-    torch.testing.assert_close(norm, (raw - 0.5) / 2.0)
+        raw = rm(ids, mask)
+        rm.set_normalization(0.5, 2.0)  # folded into the head: scores / std; the mean recorded
+        norm = rm(ids, mask)
+    torch.testing.assert_close(norm, raw / 2.0)
+    assert rm.reference_mean == 0.25
     rm.save_pretrained(tmp_path / "rm")
 
     again = RewardModel.from_pretrained(tmp_path / "rm").eval()
-    assert again.config.rlhfkit_reward_mean == 0.5 and again.config.rlhfkit_reward_std == 2.0
+    assert again.reference_mean == 0.25
     with torch.no_grad():
-        torch.testing.assert_close(again(ids, mask), raw, rtol=0, atol=1e-6)
-        torch.testing.assert_close(again(ids, mask, normalize=True), norm, rtol=0, atol=1e-6)
+        torch.testing.assert_close(again(ids, mask), norm, rtol=0, atol=1e-6)
 
     # any transformers tool loads it as a sequence classifier; on unpadded rows without EOS its
     # own last-token rule agrees with ours
     plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
-    assert plain.config.num_labels == 1 and plain.config.rlhfkit_reward_std == 2.0
+    assert plain.config.num_labels == 1 and plain.config.rlhfkit_reference_mean == 0.25
     x = torch.tensor([tok("A quiet, patient film.", add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         torch.testing.assert_close(plain(input_ids=x).logits[:, 0], rm(x, torch.ones_like(x)), rtol=0, atol=1e-5)
 
     rm.set_normalization(0.0, 0.0)  # a degenerate std is clamped, never a division by zero
-    assert rm.config.rlhfkit_reward_std > 0
+    assert torch.isfinite(rm.model.score.weight).all()
 
 
 def test_reward_model_with_lora_trains_and_saves_merged(tmp_path, tok):

@@ -79,10 +79,12 @@ def test_reward_model_learns_synthetic_preference(tmp_path):
     ev = json.loads((out / "eval.json").read_text())
     assert ev["eval"]["eval_pairs"] == 24 * 6
     assert ev["eval"]["eval_accuracy"] >= 0.95, ev
-    # saved with from_pretrained, normalised so that the data's responses score mean 0
+    # saved with from_pretrained, normalised so that the data's responses score std 1 (folded into the
+    # head) and, centred, mean 0
     rm = RewardModel.from_pretrained(out)
-    assert abs(rm.config.rlhfkit_reward_mean - ev["normalization"]["mean"]) < 1e-6
-    scorer = RewardScorer.load(out)
+    assert abs(rm.reference_mean - ev["normalization"]["reference_mean"]) < 1e-6
+    assert abs(rm.reference_mean - ev["normalization"]["raw_mean"] / ev["normalization"]["raw_std"]) < 1e-5
+    scorer = RewardScorer.load(out, center=True)
     prompts = [r["prompt"] for r in rows for _ in r["responses"]]
     responses = [x for r in rows for x in r["responses"]]
     s = scorer(prompts, responses)

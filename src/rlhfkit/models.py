@@ -351,11 +351,23 @@ class PolicyWithValue(nn.Module):
 class RewardModel(nn.Module):
     """A backbone and a scalar head read at the last real token of each sequence.
 
-    Stored as a transformers ``AutoModelForSequenceClassification`` (num_labels=1), so any tool loads
-    it with ``from_pretrained``; the score is read at the position given by the attention mask, never
-    by comparing token ids with the pad id (SmolLM2's pad token is its EOS token). The normalisation
-    (reference responses score mean 0, std 1) is stored in the config as ``rlhfkit_reward_mean`` /
-    ``rlhfkit_reward_std`` and applied by ``forward(normalize=True)``.
+    Stored as a transformers ``AutoModelForSequenceClassification`` (num_labels=1) that plain
+    transformers scores exactly as rlhfkit does (``RewardScorer``):
+
+    - rlhfkit reads the score at the last token of the attention mask; transformers reads it at the
+      rightmost token that is not the pad token. SmolLM2's pad token is its EOS, so with the original
+      tokenizer transformers would read one token before the EOS. The saved tokenizer and config get a
+      distinct pad token (a spare special token that chat-formatted text never contains), and both rules
+      land on the EOS.
+    - The normalisation (reference responses score std 1) is folded into the head's weight. The head
+      has no bias in transformers (``GenericForSequenceClassification``: ``nn.Linear(..., bias=False)``),
+      so the mean cannot be folded in: it is stored as ``config.rlhfkit_reference_mean``, the mean score
+      of the reference responses, which PPO subtracts (``RewardScorer(center=True)``).
+    - The tokenisation the model was trained with (system prompt, prompt/response token limits, chat
+      template) is stored as ``config.rlhfkit_scoring`` and scoring uses it.
+
+    Folders written before this format (``rlhfkit_reward_mean`` / ``rlhfkit_reward_std`` in the config,
+    an unscaled head) load too and score as they did: the head is scaled on load.
     """
 
     def __init__(self, seq_cls_model: nn.Module):
@@ -367,31 +379,49 @@ class RewardModel(nn.Module):
     def config(self):
         return self.model.config
 
+    @property
+    def reference_mean(self) -> float:
+        """Mean score of the reference responses (the score's std over them is 1)."""
+        return float(getattr(self.config, "rlhfkit_reference_mean", 0.0) or 0.0)
+
+    @property
+    def scoring(self) -> dict:
+        """How (prompt, response) texts become tokens for this model: system prompt, max_prompt_tokens,
+        max_completion_tokens, chat_template (defaults for folders saved before they were recorded)."""
+        saved = getattr(self.config, "rlhfkit_scoring", None) or {}
+        return {**DEFAULT_SCORING, **saved}
+
+    def set_scoring(self, system_prompt: str | None, max_prompt_tokens: int, max_completion_tokens: int,
+                    chat_template: str = "auto") -> None:
+        self.config.rlhfkit_scoring = {"system_prompt": system_prompt, "max_prompt_tokens": int(max_prompt_tokens),
+                                       "max_completion_tokens": int(max_completion_tokens), "chat_template": chat_template}
+
     @classmethod
     def from_pretrained(cls, name: str | os.PathLike, *, lora: LoraSettings | None = None) -> "RewardModel":
         """Load a saved reward model, or start one from a causal-LM checkpoint (SFT by default) with a
         fresh zero-initialised head."""
-        from transformers import AutoModelForSequenceClassification
+        from transformers import AutoConfig, AutoModelForSequenceClassification
 
         path = resolve(name)
         if (path / "adapter_config.json").exists():
-            from peft import PeftModel
-
             # an SFT adapter: merge it into its base, then use that as the backbone
             lm = load_causal_lm(path, trainable=False)
-            merged = lm.merge_and_unload()
+            merged = lm.merge_and_unload() if is_peft(lm) else lm
             tmp = Path(tempfile.mkdtemp(prefix="rlhfkit-merged-"))
             merged.save_pretrained(tmp)
             load_tokenizer(path).save_pretrained(tmp)
             path = tmp
-            _ = PeftModel  # imported for the type only
+        archs = getattr(AutoConfig.from_pretrained(path), "architectures", None) or []
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
-        if getattr(model.config, "rlhfkit_reward_std", None) is None:
-            nn.init.zeros_(model.score.weight)
-            model.config.rlhfkit_reward_mean = 0.0
-            model.config.rlhfkit_reward_std = 1.0
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = model.config.eos_token_id
+        config = model.config
+        if getattr(config, "rlhfkit_reward_std", None) is not None:
+            _upgrade_normalisation(model)
+        elif not any(a.endswith("ForSequenceClassification") for a in archs):
+            nn.init.zeros_(model.score.weight)  # a causal LM: a fresh head scores everything 0
+        if getattr(config, "rlhfkit_reference_mean", None) is None:
+            config.rlhfkit_reference_mean = 0.0
+        if config.pad_token_id is None:
+            config.pad_token_id = config.eos_token_id
         if lora is not None and lora.r > 0:
             from peft import LoraConfig, get_peft_model
 
@@ -410,8 +440,9 @@ class RewardModel(nn.Module):
         inner = self.model.get_base_model() if is_peft(self.model) else self.model
         return inner.base_model, inner.score
 
-    def forward(self, input_ids, attention_mask, normalize: bool = False, response_start: int | None = None) -> torch.Tensor:
-        """input_ids, attention_mask: (B, L), any padding side. Returns (B,) scores at the last real token.
+    def forward(self, input_ids, attention_mask, response_start: int | None = None) -> torch.Tensor:
+        """input_ids, attention_mask: (B, L), any padding side. Returns (B,) scores at the last real token
+        (what transformers' own forward returns on a folder saved with its tokenizer).
 
         ``response_start``: columns before it are left-padded prompts and the rest right-padded
         responses; each distinct prompt then runs once and its KV cache serves all its responses (the K
@@ -429,29 +460,82 @@ class RewardModel(nn.Module):
                 # the last real token: the response's last, or the prompt's for an empty response
                 hidden = torch.cat([prompt_hidden[:, -1:], hidden], dim=1)
                 picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), r_mask.long().sum(1)]
-                return self._head(head, picked, normalize)
+                return self._head(head, picked)
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
         L = attention_mask.shape[1]
         idx = torch.arange(L, device=attention_mask.device).expand_as(attention_mask)
         last = torch.where(attention_mask.bool(), idx, torch.full_like(idx, -1)).max(dim=1).values.clamp(min=0)
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return self._head(head, picked, normalize)
+        return self._head(head, picked)
 
-    def _head(self, head, picked, normalize: bool) -> torch.Tensor:
-        scores = head(picked.to(head.weight.dtype)).squeeze(-1).float()
-        if normalize:
-            scores = (scores - self.config.rlhfkit_reward_mean) / self.config.rlhfkit_reward_std
-        return scores
+    def _head(self, head, picked) -> torch.Tensor:
+        return head(picked.to(head.weight.dtype)).squeeze(-1).float()
 
+    @torch.no_grad()
     def set_normalization(self, mean: float, std: float) -> None:
-        self.config.rlhfkit_reward_mean = float(mean)
-        self.config.rlhfkit_reward_std = float(max(std, 1e-6))
+        """Given the current head's scores on the reference responses (mean, std): scale the head so that
+        their std is 1, and record their mean after scaling as ``reference_mean``."""
+        std = float(max(std, 1e-6))
+        _, head = self._parts()
+        head.weight.div_(std)
+        self.config.rlhfkit_reference_mean = float(mean) / std
 
-    def save_pretrained(self, out: str | os.PathLike) -> None:
+    def save_pretrained(self, out: str | os.PathLike, tokenizer=None) -> None:
+        """Write the model; with ``tokenizer``, also a copy of it whose pad token is not the EOS (and the
+        config's pad_token_id to match), so that transformers' pooling reads the score where we do."""
         # merge a copy: merge_and_unload works in place and would strip the adapters from the live
         # model, so training after a mid-run checkpoint would silently update nothing but the head
         model = copy.deepcopy(self.model).merge_and_unload() if is_peft(self.model) else self.model
-        model.config.rlhfkit_reward_mean = self.config.rlhfkit_reward_mean
-        model.config.rlhfkit_reward_std = self.config.rlhfkit_reward_std
+        if tokenizer is not None:
+            tokenizer = with_distinct_pad(tokenizer)
+            self.config.pad_token_id = model.config.pad_token_id = tokenizer.pad_token_id
+            tokenizer.save_pretrained(out)
+        for key in ("rlhfkit_reference_mean", "rlhfkit_scoring"):
+            setattr(model.config, key, getattr(self.config, key, None))
         model.save_pretrained(out)
+
+
+DEFAULT_SCORING = {"system_prompt": None, "max_prompt_tokens": 256, "max_completion_tokens": 128, "chat_template": "auto"}
+
+
+def _upgrade_normalisation(model: nn.Module) -> None:
+    """A folder saved with the old format (head unscaled, normalisation in two config keys): scale the
+    head by 1/std and keep mean/std as the reference mean, so ``score - reference_mean`` equals the old
+    normalised score ``(raw - mean) / std``."""
+    config = model.config
+    mean, std = float(config.rlhfkit_reward_mean), float(max(config.rlhfkit_reward_std, 1e-6))
+    with torch.no_grad():
+        model.score.weight.div_(std)
+    config.rlhfkit_reference_mean = mean / std
+    del config.rlhfkit_reward_mean, config.rlhfkit_reward_std
+
+
+def spare_pad_token(tokenizer) -> str | None:
+    """A pad token distinct from EOS for sequence-classification pooling: the tokenizer's own when it is
+    not the EOS, else a special token that is not BOS/EOS/UNK and not in the chat template (one named
+    like a pad token first, else the last such token; SmolLM2: ``<empty_output>``, a Jupyter-notebook
+    marker of its pretraining data). None when there is no spare special token."""
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return tokenizer.pad_token
+    taken = {tokenizer.eos_token, tokenizer.bos_token, tokenizer.unk_token}
+    template = str(getattr(tokenizer, "chat_template", "") or "")
+    spare = [t.content for _, t in sorted(tokenizer.added_tokens_decoder.items())
+             if t.special and t.content not in taken and t.content not in template]
+    named = [t for t in spare if "pad" in t.lower()]
+    return (named or spare[-1:] or [None])[0]
+
+
+def with_distinct_pad(tokenizer):
+    """A copy of ``tokenizer`` whose pad token is ``spare_pad_token`` (the tokenizer itself, with a
+    warning, when it has none to spare)."""
+    import warnings
+
+    pad = spare_pad_token(tokenizer)
+    if pad is None:
+        warnings.warn("the tokenizer's pad token is its EOS and it has no spare special token: transformers' "
+                      "sequence-classification pooling will read the reward one token before the EOS")
+        return tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.pad_token = pad
+    return tokenizer

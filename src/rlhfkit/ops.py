@@ -46,6 +46,7 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
     "bradley_terry_loss",
+    "prompt_weights",
     "dpo_loss",
     "ranking_pairs",
     "rloo_advantages",
@@ -431,18 +432,33 @@ def bradley_terry_loss(
     chosen: torch.Tensor,
     rejected: torch.Tensor,
     margin: torch.Tensor | float | None = None,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reward-model loss: negative log-likelihood of the preferences under Bradley-Terry.
 
     chosen, rejected: (B,) scores of the preferred and the other response.
     margin: None (0), a float, or (B,) -- e.g. Llama 2's preference-strength margin.
-    returns: 0-d ``mean(-logsigmoid(chosen - rejected - margin))``.
+    weight: None (every pair alike) or (B,) non-negative pair weights, e.g. ``prompt_weights`` so that
+        each prompt's comparisons count as one element (InstructGPT).
+    returns: 0-d ``sum(w * -logsigmoid(chosen - rejected - margin)) / sum(w)`` (w = 1 when None).
     """
     _check_same_shape("bradley_terry_loss", chosen=chosen, rejected=rejected)
     diff = chosen - rejected
     if margin is not None:
         diff = diff - margin
-    return -F.logsigmoid(diff).mean()
+    nll = -F.logsigmoid(diff)
+    if weight is None:
+        return nll.mean()
+    _check_same_shape("bradley_terry_loss", chosen=chosen, weight=weight)
+    return (nll * weight).sum() / weight.sum()
+
+
+def prompt_weights(group: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """group: (B,) integer id of each pair's prompt -> (B,) weights 1 / (pairs of that prompt), so that
+    every prompt weighs the same in a weighted mean (InstructGPT: the K(K-1)/2 comparisons of a ranking
+    are one batch element, which keeps a prompt with many comparisons from dominating)."""
+    _, inverse, counts = torch.unique(group, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse].to(dtype)
 
 
 def dpo_loss(

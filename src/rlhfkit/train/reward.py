@@ -28,27 +28,38 @@ from rlhfkit.train.common import (
 def encode_pairs_input(tokenizer, prompts: list[str], responses: list[str], cfg, device="cpu"):
     """(prompt, response) texts -> (ids, mask, response_start) of chat prompt + response + EOS; prompts
     left-padded, responses right-padded from column ``response_start``, so the attention mask marks
-    exactly the real tokens."""
-    p_ids, p_mask = encode_prompts(tokenizer, prompts, cfg.system_prompt, device)
+    exactly the real tokens. ``cfg`` gives system_prompt, max_prompt_tokens, max_completion_tokens and
+    chat_template (``auto`` when absent).
+
+    Every response gets an EOS, truncated ones included: the reward model scores a response as a
+    finished answer; whoever scores policy samples to choose or optimise subtracts a missing-EOS penalty
+    for those that never emitted one (PPO's ``missing_eos_penalty``, the pipeline's best-of-n)."""
+    template = getattr(cfg, "chat_template", "auto") or "auto"
+    p_ids, p_mask = encode_prompts(tokenizer, prompts, cfg.system_prompt, device, chat_template=template)
     p_ids, p_mask = p_ids[:, -cfg.max_prompt_tokens :], p_mask[:, -cfg.max_prompt_tokens :]
     r_ids, r_mask = encode_responses(tokenizer, responses, True, cfg.max_completion_tokens, device)
     return torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1), p_ids.shape[1]
 
 
 class RewardScorer:
-    """A reward model as the policy trainers see it: ``(prompts, responses) -> (B,) normalised scores``."""
+    """A reward model as the policy trainers see it: ``(prompts, responses) -> (B,) scores``.
 
-    def __init__(self, rm: RewardModel, tokenizer, cfg=None, batch_size: int = 32, bf16: bool = False):
+    The score is what transformers' ``AutoModelForSequenceClassification`` computes on the saved folder
+    for the chat-formatted prompt + response + EOS (the reference responses' scores have std 1). With
+    ``center=True`` the reference mean is subtracted, so reference responses score mean 0: what PPO
+    optimises (a constant shift leaves the optimal policy unchanged, but the zero-initialised value head
+    would first have to learn it). Texts are tokenised with the settings saved with the model
+    (``RewardModel.scoring``) unless ``cfg`` is given (the trainer, before they are saved)."""
+
+    def __init__(self, rm: RewardModel, tokenizer, cfg=None, batch_size: int = 32, bf16: bool = False, center: bool = False):
         from types import SimpleNamespace
 
-        self.rm, self.tokenizer, self.batch_size, self.bf16 = rm, tokenizer, batch_size, bf16
-        self.cfg = cfg or SimpleNamespace(system_prompt=None, max_prompt_tokens=256, max_completion_tokens=128)
+        self.rm, self.tokenizer, self.batch_size, self.bf16, self.center = rm, tokenizer, batch_size, bf16, center
+        self.cfg = cfg or SimpleNamespace(**rm.scoring)
         rm.eval()
 
     @classmethod
-    def load(cls, path, system_prompt=None, batch_size: int = 32, bf16: bool = False, device=None) -> "RewardScorer":
-        from types import SimpleNamespace
-
+    def load(cls, path, batch_size: int = 32, bf16: bool = False, device=None, center: bool = False) -> "RewardScorer":
         from rlhfkit.models import cast_linears_for_autocast, default_device
 
         rm = RewardModel.from_pretrained(path)
@@ -56,11 +67,10 @@ class RewardScorer:
         rm.to(device if device is not None else default_device())
         if bf16:  # scoring only, always under autocast: cast the linear weights once
             cast_linears_for_autocast(rm)
-        cfg = SimpleNamespace(system_prompt=system_prompt, max_prompt_tokens=256, max_completion_tokens=128)
-        return cls(rm, load_tokenizer(path), cfg, batch_size, bf16)
+        return cls(rm, load_tokenizer(path), None, batch_size, bf16, center)
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], responses: list[str], normalize: bool = True) -> torch.Tensor:
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         from rlhfkit.rollout import autocast_context
 
         device = next(self.rm.parameters()).device
@@ -68,25 +78,37 @@ class RewardScorer:
         for i in range(0, len(prompts), self.batch_size):
             ids, mask, start = encode_pairs_input(self.tokenizer, prompts[i : i + self.batch_size], responses[i : i + self.batch_size], self.cfg, device)
             with autocast_context(device, self.bf16):
-                out.append(self.rm(ids, mask, normalize=normalize, response_start=start).float())
-        return torch.cat(out) if out else torch.zeros(0)
+                out.append(self.rm(ids, mask, response_start=start).float())
+        scores = torch.cat(out) if out else torch.zeros(0)
+        return scores - self.rm.reference_mean if self.center else scores
 
 
 def group_pairs(pairs: list[Preference]) -> list[list[Preference]]:
-    groups: dict[int, list[Preference]] = defaultdict(list)
+    """The pairs of each prompt, in order of first appearance: the unit of the held-out split, of
+    batching and of the loss's weighting. Grouped by prompt text, not by JSONL line: a prompt with
+    several pair lines (or a ranking and pairs) would otherwise land on both sides of the split."""
+    groups: dict[str, list[Preference]] = defaultdict(list)
     for p in pairs:
-        groups[p.group].append(p)
-    return [groups[k] for k in sorted(groups)]
+        groups[p.prompt].append(p)
+    return list(groups.values())
+
+
+def split_groups(groups: list, eval_fraction: float, seed: int) -> tuple[list, list]:
+    """(train, held-out): a seeded random ``eval_fraction`` of the prompt groups is held out."""
+    order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_eval = int(round(eval_fraction * len(groups))) if len(groups) > 1 else 0
+    return [groups[i] for i in order[n_eval:]], [groups[i] for i in order[:n_eval]]
 
 
 def batch_loss(rm: RewardModel, tokenizer, groups: list[list[Preference]], cfg, use_margin: bool, device):
-    """Score every distinct (prompt, response) of the groups once; Bradley-Terry over their pairs.
-    Returns (loss, accuracy, mean chosen-rejected gap)."""
+    """Score every distinct (prompt, response) of the groups once; Bradley-Terry over their pairs, each
+    prompt weighing the same (InstructGPT). Returns (loss, pairwise accuracy, mean chosen-rejected gap)."""
     key_index: dict[tuple[str, str], int] = {}
     texts: list[tuple[str, str]] = []
-    ci, ri, margins = [], [], []
-    for g in groups:
+    ci, ri, margins, owner = [], [], [], []
+    for gi, g in enumerate(groups):
         for p in g:
+            owner.append(gi)
             for resp, dest in ((p.chosen, ci), (p.rejected, ri)):
                 k = (p.prompt, resp)
                 if k not in key_index:
@@ -98,23 +120,25 @@ def batch_loss(rm: RewardModel, tokenizer, groups: list[list[Preference]], cfg, 
     scores = rm(ids, mask, response_start=start)  # each prompt runs once for all its responses
     chosen, rejected = scores[torch.tensor(ci)], scores[torch.tensor(ri)]
     margin = torch.tensor(margins, dtype=scores.dtype, device=scores.device) if use_margin else None
-    loss = ops.bradley_terry_loss(chosen, rejected, margin)
+    weight = ops.prompt_weights(torch.tensor(owner)).to(scores.device)
+    loss = ops.bradley_terry_loss(chosen, rejected, margin, weight=weight)
     gap = (chosen - rejected).detach()
     return loss, (gap > 0).float().mean().item(), gap.mean().item()
 
 
 @torch.no_grad()
 def evaluate(rm, tokenizer, groups, cfg, device, batch_groups: int = 16) -> dict:
-    """Held-out pairwise accuracy (ties count as wrong) and loss."""
+    """Held-out pairwise accuracy (per pair; ties count as wrong) and loss (per prompt, as trained)."""
     rm.eval()
     n, correct, loss_sum = 0, 0.0, 0.0
     for i in range(0, len(groups), batch_groups):
         chunk = groups[i : i + batch_groups]
         k = sum(len(g) for g in chunk)
         loss, acc, _ = batch_loss(rm, tokenizer, chunk, cfg, False, device)
-        n, correct, loss_sum = n + k, correct + acc * k, loss_sum + loss.item() * k
+        n, correct, loss_sum = n + k, correct + acc * k, loss_sum + loss.item() * len(chunk)
     rm.train()
-    return {"eval_accuracy": correct / max(n, 1), "eval_loss": loss_sum / max(n, 1), "eval_pairs": n}
+    return {"eval_accuracy": correct / max(n, 1), "eval_loss": loss_sum / max(len(groups), 1), "eval_pairs": n,
+            "eval_prompts": len(groups)}
 
 
 def reference_texts(cfg: RewardConfig, pairs: list[Preference]) -> list[tuple[str, str]]:
@@ -148,18 +172,16 @@ def train_reward(cfg: RewardConfig, progress: bool = True) -> Path:
     out = Path(cfg.out)
     accelerator = make_accelerator(cfg, cfg.grad_accum)
     seed_everything(cfg.seed)
-    pairs = load_preferences(cfg.data)  # malformed lines stop here, before any model is loaded
+    pairs = load_preferences(cfg.data, cfg.chat_template)  # malformed lines stop here, before any model is loaded
     groups = group_pairs(pairs)
     if cfg.eval_data:
-        train_groups, eval_groups = groups, group_pairs(load_preferences(cfg.eval_data))
+        train_groups, eval_groups = groups, group_pairs(load_preferences(cfg.eval_data, cfg.chat_template))
     else:
-        order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        n_eval = int(round(cfg.eval_fraction * len(groups))) if len(groups) > 1 else 0
-        eval_groups = [groups[i] for i in order[:n_eval]]
-        train_groups = [groups[i] for i in order[n_eval:]]
+        train_groups, eval_groups = split_groups(groups, cfg.eval_fraction, cfg.seed)
     resume_ckpt = latest_checkpoint(cfg.resume) if cfg.resume else None
     tokenizer = load_tokenizer(cfg.model)
     rm = RewardModel.from_pretrained(resume_ckpt / "model" if resume_ckpt else cfg.model)
+    rm.set_scoring(cfg.system_prompt, cfg.max_prompt_tokens, cfg.max_completion_tokens, getattr(cfg, "chat_template", "auto"))
     freeze_lower_layers(rm, cfg.train_top_layers)
     rm.train()
     steps_per_epoch = math.ceil(len(train_groups) / (cfg.batch_size * cfg.grad_accum))
@@ -206,21 +228,21 @@ def train_reward(cfg: RewardConfig, progress: bool = True) -> Path:
             bar.update(task, advance=1, info=info)
             if cfg.save_every and (step % cfg.save_every == 0 or step == total) and accelerator.is_main_process:
                 ckpt = out / f"checkpoint-{step}"
-                inner.save_pretrained(ckpt / "model")
-                tokenizer.save_pretrained(ckpt / "model")
+                inner.save_pretrained(ckpt / "model", tokenizer)
                 save_trainer_state(ckpt, {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                           "data": batches.state(), "rng": rng_state()})
     log.close()
-    # normalise: reference responses score mean 0, std 1 (so a KL coefficient means the same across RMs)
+    # normalise: reference responses score std 1 (so a KL coefficient means the same across RMs), folded
+    # into the head; their mean is recorded as reference_mean (the head has no bias to hold it)
     scorer = RewardScorer(inner, tokenizer, cfg, batch_size=32)
     ref = reference_texts(cfg, pairs)
-    raw = scorer([p for p, _ in ref], [r for _, r in ref], normalize=False)
+    raw = scorer([p for p, _ in ref], [r for _, r in ref])
     inner.set_normalization(raw.mean().item(), raw.std().item() if len(raw) > 1 else 1.0)
     final = {"eval": evaluate(inner, tokenizer, eval_groups, cfg, accelerator.device) if eval_groups else {},
-             "normalization": {"mean": inner.config.rlhfkit_reward_mean, "std": inner.config.rlhfkit_reward_std, "n": len(ref)}}
+             "normalization": {"raw_mean": raw.mean().item(), "raw_std": raw.std().item() if len(raw) > 1 else 1.0,
+                               "reference_mean": inner.reference_mean, "n": len(ref), "reference": cfg.reference or "data"}}
     if accelerator.is_main_process:
-        inner.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+        inner.save_pretrained(out, tokenizer)
         import json
 
         (out / "eval.json").write_text(json.dumps(final, indent=2) + "\n")
