@@ -46,7 +46,7 @@ def sft_data(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("command", ["sft", "reward", "ppo", "generate", "pipeline", "demo", "eval",
-                                     "feedback"])
+                                     "feedback", "data"])
 def test_help_of_every_command_exits_0(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0, result.output
@@ -56,7 +56,7 @@ def test_help_of_every_command_exits_0(command):
 def test_top_level_help_lists_every_command():
     result = invoke("--help")
     assert result.exit_code == 0, result.output
-    for command in ["sft", "reward", "ppo", "generate", "pipeline", "demo", "eval", "feedback"]:
+    for command in ["sft", "reward", "ppo", "generate", "pipeline", "demo", "eval", "feedback", "data"]:
         assert f" {command} " in result.output, command
 
 
@@ -257,5 +257,5 @@ def test_console_script_help():
     proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Usage: rlhfkit" in proc.stdout
-    for command in ["sft", "reward", "ppo", "generate", "pipeline", "demo", "eval", "feedback"]:
+    for command in ["sft", "reward", "ppo", "generate", "pipeline", "demo", "eval", "feedback", "data"]:
         assert command in proc.stdout

@@ -120,10 +120,13 @@ app.add_command(config_command(C.PPOConfig, _ppo, "ppo", "Optimise a policy agai
 @click.option("--temperature", default=0.7, show_default=True, help="Sampling temperature (0: greedy).")
 @click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling.")
 @click.option("--batch-size", default=32, show_default=True, help="Prompts per generation batch.")
-@click.option("--system-prompt", default=None, help="System message for chat-templated prompts.")
+@click.option("--system-prompt", default=None, help="System message for chat-templated prompts that have none of their own.")
+@click.option("--chat-template", type=click.Choice(["auto", "never"]), default="auto", show_default=True,
+              help="auto: a plain-string prompt is the user turn of the tokenizer's chat template; never: raw text (as TRL).")
 @click.option("--seed", default=0, show_default=True, help="Sampling seed.")
 @click.option("--bf16/--no-bf16", default=None, help="bf16 autocast while sampling (default: auto, bf16 only where the device computes it natively).")
-def generate_cmd(model, prompts_file, out, num_samples, max_new_tokens, temperature, top_p, batch_size, system_prompt, seed, bf16):
+def generate_cmd(model, prompts_file, out, num_samples, max_new_tokens, temperature, top_p, batch_size, system_prompt,
+                 chat_template, seed, bf16):
     """Sample responses for a prompts file."""
     _quiet_libraries()
 
@@ -134,20 +137,44 @@ def generate_cmd(model, prompts_file, out, num_samples, max_new_tokens, temperat
 
         from rlhfkit.precision import resolve_bf16
 
-        prompts = [r["prompt"] for r in load_prompts(prompts_file)]
+        prompts = [r["prompt"] for r in load_prompts(prompts_file, chat_template)]
         use_bf16 = resolve_bf16(bf16, default_device())
         tok = load_tokenizer(model)
         lm = load_causal_lm(model, trainable=False).to(default_device())
         if use_bf16:
             cast_linears_for_autocast(lm)
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size,
-                               system_prompt=system_prompt)
+                               system_prompt=system_prompt, chat_template=chat_template)
         expanded = [p for p in prompts for _ in range(num_samples)]
         ro = generate(lm, tok, expanded, cfg, seed=seed, bf16=use_bf16)
         rows = [{"prompt": p, "response": r, "source": str(model), "sample": i % num_samples}
                 for i, (p, r) in enumerate(zip(expanded, ro.responses))]
         write_jsonl(out, rows)
         click.echo(f"{len(rows)} responses written to {out}")
+
+    _run_reporting_errors(run)
+
+
+@app.group("data")
+def data_group():
+    """Convert data files between rlhfkit's own shapes and TRL's."""
+
+
+@data_group.command("to-pairs")
+@click.argument("src", metavar="IN", type=click.Path(exists=True, dir_okay=False))
+@click.argument("dst", metavar="OUT", type=click.Path(dir_okay=False))
+def data_to_pairs(src, dst):
+    """Preference file (pairs and/or rankings, any shape `rlhfkit reward` reads) -> TRL preference pairs:
+    each ranking becomes its K(K-1)/2 pairs, pairs pass through; `margin` on every row or on none."""
+
+    def run():
+        from rlhfkit.data import load_preferences, pair_rows, write_jsonl
+
+        prefs = load_preferences(src)
+        rows = pair_rows(prefs)
+        write_jsonl(dst, rows)
+        groups = len({p.group for p in prefs})
+        click.echo(f"{len(rows)} pairs from {groups} records written to {dst}")
 
     _run_reporting_errors(run)
 

@@ -25,7 +25,8 @@ class CommonConfig:
     mixed_precision: str = opt("auto", "'auto', 'no' (fp32), 'bf16' or 'fp16' (through accelerate). auto: bf16 where the device computes it natively (CPUs with AVX-512 BF16 or AMX, GPUs that support it), fp32 elsewhere; bf16 on a CPU without it runs many times slower than fp32.")
     save_every: int = opt(0, "Write a checkpoint every N optimiser steps (0: only at the end).")
     resume: str | None = opt(None, "Continue the run in this run directory from its last checkpoint.")
-    system_prompt: str | None = opt(None, "System message for chat-templated prompts (None: the template's default).")
+    system_prompt: str | None = opt(None, "System message for chat-templated prompts that have none of their own (None: the template's default).")
+    chat_template: str = opt("auto", "How a plain-string prompt reaches the model: 'auto' wraps it as the user turn of the tokenizer's chat template (when it has one); 'never' feeds it as raw text, as TRL does (conversations then are an error).")
     lora_r: int = opt(0, "LoRA rank (0: train all parameters). With LoRA the reference model is the same network with adapters disabled.")
     lora_alpha: int = opt(32, "LoRA alpha.")
     lora_targets: str = opt("q_proj,k_proj,v_proj,o_proj", "Comma-separated module names that get LoRA adapters.")
@@ -35,7 +36,7 @@ class CommonConfig:
 @dataclass
 class SFTConfig(CommonConfig):
     model: str = opt("smollm2-135m", "Initial model: an alias (smollm2-135m, tiny), a .gguf file or a model folder.")
-    data: str = opt("", "SFT JSONL: {prompt, completion} or {messages} per line.", required=True)
+    data: str = opt("", "SFT JSONL: {prompt, completion} (strings or lists of messages), {messages} or {text} per line.", required=True)
     epochs: float = opt(1.0, "Passes over the data (fractions allowed).")
     max_steps: int = opt(0, "Stop after this many optimiser steps (0: run the epochs).")
     batch_size: int = opt(8, "Examples per optimiser step (per process, before accumulation).")
@@ -44,7 +45,8 @@ class SFTConfig(CommonConfig):
     weight_decay: float = opt(0.0, "AdamW weight decay.")
     warmup_steps: int = opt(0, "Linear warmup steps.")
     max_prompt_tokens: int = opt(256, "Prompts are cut to their last N tokens.")
-    max_completion_tokens: int = opt(128, "Completions are cut to N tokens (EOS included).")
+    max_completion_tokens: int = opt(128, "Completions are cut to N tokens (EOS included; with loss_on all, each assistant turn).")
+    loss_on: str = opt("last", "Conversations: the loss on the last assistant turn ('last') or on every assistant turn ('all').")
     log_every: int = opt(1, "Log metrics every N steps.")
 
 
@@ -75,7 +77,7 @@ class PPOConfig(CommonConfig):
     model: str = opt("runs/sft", "Policy to start from; also the frozen reference of the KL penalty.")
     reward_model: str | None = opt(None, "Reward model folder (from `rlhfkit reward`).")
     reward_fn: str | None = opt(None, "Instead of a reward model: 'module:function' taking (prompts, responses) -> scores.")
-    prompts: str = opt("", "Prompts JSONL ({prompt} or {messages} per line).", required=True)
+    prompts: str = opt("", "Prompts JSONL ({prompt} as a string or a list of messages, or {messages} per line).", required=True)
     steps: int = opt(20, "PPO iterations (sample, score, update).")
     batch_size: int = opt(32, "Prompts sampled per iteration.")
     minibatch_size: int = opt(8, "Sequences per gradient step inside an iteration.")

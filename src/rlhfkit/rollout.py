@@ -27,6 +27,7 @@ class GenerationConfig:
     top_k: int = 0
     batch_size: int = 32
     system_prompt: str | None = None
+    chat_template: str = "auto"  # "auto": the tokenizer's chat template when it has one; "never": raw text
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Rollout:
     temperature (before top-p truncation), 0 where masked. ended: (B,) True where EOS was emitted.
     """
 
-    prompts: list[str]
+    prompts: list  # str or data.Conversation
     prompt_ids: torch.Tensor
     prompt_mask: torch.Tensor
     response_ids: torch.Tensor
@@ -70,22 +71,47 @@ class Rollout:
         )
 
 
-def format_prompts(tokenizer, prompts: list[str], system_prompt: str | None = None) -> list[str]:
-    """Apply the chat template when the tokenizer has one (user turn + generation prompt)."""
-    if not getattr(tokenizer, "chat_template", None):
-        return list(prompts)
+def uses_chat_template(tokenizer, chat_template: str = "auto") -> bool:
+    """``auto``: the chat template when the tokenizer has one; ``never``: raw text (as TRL reads a plain
+    string prompt)."""
+    from rlhfkit.data import check_chat_template
+
+    return check_chat_template(chat_template) == "auto" and bool(getattr(tokenizer, "chat_template", None))
+
+
+def prompt_format(tokenizer, chat_template: str = "auto") -> str:
+    """What a run records about its prompts: "chat template" or "raw text"."""
+    return "chat template" if uses_chat_template(tokenizer, chat_template) else "raw text"
+
+
+def format_prompts(tokenizer, prompts: list, system_prompt: str | None = None, chat_template: str = "auto") -> list[str]:
+    """The text the model sees for each prompt: a string becomes one user turn of the chat template (or
+    stays raw text, see ``uses_chat_template``); a Conversation is templated whole. ``system_prompt``
+    (None: the template's default) is inserted only where the prompt has no system message of its own."""
+    from rlhfkit.data import Conversation
+
+    templated = uses_chat_template(tokenizer, chat_template)
     out = []
     for p in prompts:
-        messages = [{"role": "user", "content": p}]
-        if system_prompt is not None:
+        if isinstance(p, Conversation):
+            if not templated:
+                why = "chat_template is 'never'" if chat_template == "never" else "the tokenizer has no chat template"
+                raise ValueError(f"a conversation prompt needs a chat template, but {why}")
+            messages = p.to_messages()
+        elif not templated:
+            out.append(p)
+            continue
+        else:
+            messages = [{"role": "user", "content": p}]
+        if system_prompt is not None and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": system_prompt})
         out.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
     return out
 
 
-def encode_prompts(tokenizer, prompts: list[str], system_prompt: str | None = None, device="cpu"):
-    """Chat-format and left-pad prompts. Returns (ids (B, P), mask (B, P))."""
-    texts = format_prompts(tokenizer, prompts, system_prompt)
+def encode_prompts(tokenizer, prompts: list, system_prompt: str | None = None, device="cpu", chat_template: str = "auto"):
+    """Format (``format_prompts``) and left-pad prompts. Returns (ids (B, P), mask (B, P))."""
+    texts = format_prompts(tokenizer, prompts, system_prompt, chat_template)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
@@ -272,7 +298,7 @@ def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig, *, see
         size = math.ceil(len(prompts) / n_chunks)
         for i in range(0, len(prompts), size):
             chunk = prompts[i : i + size]
-            ids, mask = encode_prompts(tokenizer, chunk, cfg.system_prompt, device)
+            ids, mask = encode_prompts(tokenizer, chunk, cfg.system_prompt, device, cfg.chat_template)
             r_ids, r_mask, r_lp, ended = sample_batch(
                 model, ids, mask, cfg, tokenizer.eos_token_id, tokenizer.pad_token_id, generator, bf16
             )

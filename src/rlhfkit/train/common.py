@@ -225,6 +225,8 @@ def write_run_info(out: Path, cfg, **extra) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     info = {"rlhfkit_version": __import__("rlhfkit").__version__, "torch": torch.__version__, **extra}
+    if hasattr(cfg, "chat_template"):  # how a plain-string prompt reached the model: part of what the run means
+        info.setdefault("chat_template", cfg.chat_template)
     (out / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
 
 

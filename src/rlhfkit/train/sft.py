@@ -9,28 +9,90 @@ import torch
 
 from rlhfkit import ops
 from rlhfkit.config import SFTConfig
-from rlhfkit.data import SFTExample, load_sft
+from rlhfkit.data import Conversation, Message, SFTExample, load_sft
 from rlhfkit.models import is_peft, load_causal_lm, load_tokenizer
-from rlhfkit.rollout import encode_prompts, encode_responses, forward_response
+from rlhfkit.rollout import format_prompts, forward_response, prompt_format
 from rlhfkit.train.common import (
     Batches, MetricsLog, Timer, latest_checkpoint, restore_trainer_state, lora_settings, make_accelerator,
     make_optimizer, progress_bar, rng_state, save_trainer_state, seed_everything, write_run_info,
 )
 
 
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _render(tokenizer, messages, cfg) -> str:
+    """The chat-templated text of ``messages`` up to the next assistant turn (generation prompt added)."""
+    from rlhfkit.data import Conversation
+
+    return format_prompts(tokenizer, [Conversation(messages)], cfg.system_prompt, "auto")[0]
+
+
+def _conversation_turns(tokenizer, ex: SFTExample, cfg) -> tuple[list[int], list[int], list[int]]:
+    """loss_on 'all': the prompt is the conversation before its first assistant turn; the response is
+    every assistant turn (loss) with the template's text between them (context, no loss). The template
+    must render a conversation as an extension of its prefixes (ChatML does)."""
+    msgs = list(ex.prompt) + [Message("assistant", ex.completion)]
+    turns = [i for i, m in enumerate(msgs) if m.role == "assistant"]
+    prompt_text = done = _render(tokenizer, msgs[: turns[0]], cfg)
+    resp, loss = [], []
+    for k in turns:
+        if k != turns[0]:
+            upto = _render(tokenizer, msgs[:k], cfg)
+            if not upto.startswith(done):
+                raise ValueError("loss_on 'all' needs a chat template whose text for a conversation extends its "
+                                 "text for each earlier part; use loss_on 'last'")
+            gap = _ids(tokenizer, upto[len(done):])
+            resp, loss = resp + gap, loss + [0] * len(gap)
+            done = upto
+        turn = _ids(tokenizer, msgs[k].content)[: cfg.max_completion_tokens - 1] + [tokenizer.eos_token_id]
+        resp, loss = resp + turn, loss + [1] * len(turn)
+        done = done + msgs[k].content + tokenizer.eos_token
+    return _ids(tokenizer, prompt_text), resp, loss
+
+
+def sft_tokens(tokenizer, ex: SFTExample, cfg) -> tuple[list[int], list[int], list[int]]:
+    """(prompt ids, response ids, loss flags of the response ids) of one example, before truncation of the
+    prompt. The model sees ``format_prompts``' text of the prompt, then the completion and EOS; an
+    example without a prompt ({"text"}) is language modelling on the raw text + EOS (its first token is
+    the context of the second, as in TRL)."""
+    chat_template, loss_on = getattr(cfg, "chat_template", "auto"), getattr(cfg, "loss_on", "last")
+    if loss_on not in ("last", "all"):
+        raise ValueError(f"loss_on must be 'last' or 'all', got {loss_on!r}")
+    eos = tokenizer.eos_token_id
+    if ex.prompt is None:
+        ids = _ids(tokenizer, ex.completion)[: cfg.max_prompt_tokens + cfg.max_completion_tokens - 1] + [eos]
+        return ids[:1], ids[1:], [1] * (len(ids) - 1)
+    if loss_on == "all" and isinstance(ex.prompt, Conversation) and any(m.role == "assistant" for m in ex.prompt):
+        return _conversation_turns(tokenizer, ex, cfg)
+    prompt = _ids(tokenizer, format_prompts(tokenizer, [ex.prompt], cfg.system_prompt, chat_template)[0])
+    resp = _ids(tokenizer, ex.completion)[: cfg.max_completion_tokens - 1] + [eos]
+    return prompt, resp, [1] * len(resp)
+
+
 def encode_sft_batch(tokenizer, examples: list[SFTExample], cfg, device="cpu"):
-    """Left-padded chat prompts and right-padded completions (+EOS). Returns 4 tensors (B, P) / (B, T)."""
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, [e.prompt for e in examples], cfg.system_prompt, device)
-    prompt_ids, prompt_mask = prompt_ids[:, -cfg.max_prompt_tokens :], prompt_mask[:, -cfg.max_prompt_tokens :]
-    resp_ids, resp_mask = encode_responses(tokenizer, [e.completion for e in examples], True, cfg.max_completion_tokens, device)
-    return prompt_ids, prompt_mask, resp_ids, resp_mask
+    """Left-padded prompts (cut to their last ``max_prompt_tokens``) and right-padded responses.
+    Returns prompt_ids, prompt_mask (B, P), response ids, response_mask (B, T) (attention) and
+    loss_mask (B, T) (1 on the tokens the loss is on: completion tokens and EOS)."""
+    rows = [sft_tokens(tokenizer, ex, cfg) for ex in examples]
+    prompts = [p[-cfg.max_prompt_tokens :] for p, _, _ in rows]
+    P, T = max(len(p) for p in prompts), max(1, max(len(r) for _, r, _ in rows))
+    pad = tokenizer.pad_token_id
+    out = [torch.full((len(rows), P), pad), torch.zeros(len(rows), P), torch.full((len(rows), T), pad),
+           torch.zeros(len(rows), T), torch.zeros(len(rows), T)]
+    for b, (p, (_, r, l)) in enumerate(zip(prompts, rows)):
+        out[0][b, P - len(p):], out[1][b, P - len(p):] = torch.tensor(p), 1
+        out[2][b, : len(r)], out[3][b, : len(r)], out[4][b, : len(r)] = torch.tensor(r), 1, torch.tensor(l)
+    return tuple(x.long().to(device) for x in out)
 
 
 def sft_loss(model, batch) -> torch.Tensor:
-    """Mean negative log-likelihood of the completion tokens (EOS included) of the whole batch."""
-    prompt_ids, prompt_mask, resp_ids, resp_mask = batch
+    """Mean negative log-likelihood of the loss tokens (completion tokens, EOS included) of the whole batch."""
+    prompt_ids, prompt_mask, resp_ids, resp_mask = batch[:4]
+    loss_mask = batch[4] if len(batch) > 4 else resp_mask
     logp = forward_response(model, prompt_ids, prompt_mask, resp_ids, resp_mask)["logprobs"]
-    return -ops.masked_mean(logp, resp_mask)
+    return -ops.masked_mean(logp, loss_mask)
 
 
 def save_model(accelerator, model, tokenizer, out: Path, merge: bool) -> None:
@@ -50,10 +112,13 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
     out = Path(cfg.out)
     accelerator = make_accelerator(cfg, cfg.grad_accum)
     seed_everything(cfg.seed)
-    examples = load_sft(cfg.data)  # a malformed line stops here, before any model is loaded
+    examples = load_sft(cfg.data, cfg.chat_template)  # a malformed line stops here, before any model is loaded
     resume_ckpt = latest_checkpoint(cfg.resume) if cfg.resume else None
     tokenizer = load_tokenizer(cfg.model)
-    model = load_causal_lm(resume_ckpt / "model" if resume_ckpt else cfg.model, lora=lora_settings(cfg))
+    if resume_ckpt:  # a LoRA run's checkpoint is an adapter folder: its adapters train on
+        model = load_causal_lm(resume_ckpt / "model", lora=lora_settings(cfg))
+    else:  # the function cfg.model stands for (an adapter folder merged), with fresh adapters if asked
+        model = load_causal_lm(cfg.model, lora=lora_settings(cfg), merge=True)
     model.train()
     steps_per_epoch = math.ceil(len(examples) / (cfg.batch_size * cfg.grad_accum))
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
@@ -62,7 +127,8 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
     batches = Batches(len(examples), cfg.batch_size, cfg.seed)
     step = restore_trainer_state(resume_ckpt, optimizer, scheduler, batches) if resume_ckpt else 0
     if accelerator.is_main_process:
-        write_run_info(out, cfg, model=cfg.model, data=cfg.data, examples=len(examples))
+        write_run_info(out, cfg, model=cfg.model, data=cfg.data, examples=len(examples),
+                       prompt_format=prompt_format(tokenizer, cfg.chat_template))
     log = MetricsLog(out, accelerator.is_main_process, resume_step=step if resume_ckpt else None)
     bar = progress_bar(total, "SFT", disable=not (progress and accelerator.is_main_process))
     with bar:
