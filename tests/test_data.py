@@ -305,3 +305,22 @@ def test_generate_with_conversations_and_raw_text(tmp_path):
     result = CliRunner().invoke(app, ["generate", "--model", "tiny", "--prompts", str(prompts), "--out", str(out),
                                       "--chat-template", "never"])
     assert result.exit_code == 2 and f"{prompts}:1: a conversation" in result.output
+
+
+def test_ppo_samples_for_conversations_and_records_the_chat_template(tmp_path):
+    from rlhfkit.config import PPOConfig
+    from rlhfkit.train.ppo import train_ppo
+
+    seen = []
+
+    def reward(prompts, responses):
+        seen.extend(prompts)
+        return torch.tensor([float(len(r)) for r in responses])
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": [SYSTEM, U1, A1, U2]}, {"prompt": "The sky is"}])
+    cfg = PPOConfig(model="tiny", prompts=str(prompts), out=str(tmp_path / "ppo"), steps=1, batch_size=2, minibatch_size=2,
+                    ppo_epochs=1, max_new_tokens=4)
+    out = train_ppo(cfg, reward_fn=reward, progress=False)
+    assert set(seen) == {Conversation([SYSTEM, U1, A1, U2]), "The sky is"}  # the reward sees the whole conversation
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["chat_template"] == "auto" and info["prompt_format"] == "chat template"
