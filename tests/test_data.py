@@ -26,6 +26,7 @@ U1 = {"role": "user", "content": "Complete: the grass is"}
 A1 = {"role": "assistant", "content": " green."}
 U2 = {"role": "user", "content": "Complete: the sky is"}
 A2 = {"role": "assistant", "content": " blue."}
+R = {"role": "assistant", "content": " red."}
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM"  # the SmolLM2 template's own default
 
 
@@ -143,6 +144,12 @@ def test_a_conversation_with_raw_text_is_an_error(tmp_path, tok):
     with pytest.raises(DataError, match=rf"^{s}:1: a conversation"):
         load_sft(s, chat_template="never")
     assert load_prompts(write_jsonl(tmp_path / "q.jsonl", [{"messages": [U1]}]), chat_template="never")[0]["prompt"] == U1["content"]
+    result = CliRunner().invoke(app, ["sft", "--model", "tiny", "--data", str(s), "--out", str(tmp_path / "o"),
+                                      "--chat-template", "never"])
+    assert result.exit_code == 2 and f"error: {s}:1: a conversation" in result.output
+    result = CliRunner().invoke(app, ["sft", "--model", "tiny", "--data", str(s), "--out", str(tmp_path / "o"),
+                                      "--chat-template", "sometimes"])
+    assert result.exit_code == 2 and "chat_template must be one of auto, never, got 'sometimes'" in result.output
 
 
 def test_the_run_folder_records_the_chat_template(tmp_path):
@@ -210,6 +217,7 @@ def test_trl_preference_shapes(tmp_path):
     ({"chosen": "a", "rejected": "b"}, 'must then be conversations (lists of messages, TRL implicit prompt); with plain-string answers give "prompt"'),
     ({"chosen": [U1, A1], "rejected": [U2, A2]}, "must share every turn but their last assistant message"),
     ({"chosen": [A1], "rejected": [A2]}, "share no turn before the answer"),
+    ({"chosen": [U1, A1, A2], "rejected": [U1, A1, R]}, 'share must end with a user message'),
     ({"prompt": [U1], "chosen": [A1, U2, A2], "rejected": [A2]}, '"chosen" must be one assistant message; put the earlier turns'),
     ({"prompt": [U1, A1], "chosen": [A2], "rejected": [A1]}, '"prompt" must end with a user message'),
     ({"prompt": [{"role": "bot", "content": "x"}], "chosen": "a", "rejected": "b"}, '"prompt"[0].role must be system, user or assistant'),

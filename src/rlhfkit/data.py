@@ -207,7 +207,10 @@ def _implicit_prompt(obj: dict, where: str) -> tuple[Prompt, str, str]:
                         f'message (the shared turns are the prompt); otherwise give "prompt" explicitly')
     if len(sides["chosen"]) < 2:
         raise DataError(f'{where}: "chosen" and "rejected" share no turn before the answer: there is no prompt')
-    prompt = _conversation_prompt(sides["chosen"][:-1], where, "chosen")
+    if sides["chosen"][-2].role != "user":
+        raise DataError(f'{where}: the turns "chosen" and "rejected" share must end with a user message '
+                        f'(the turn they answer)')
+    prompt = as_prompt(sides["chosen"][:-1])
     return prompt, sides["chosen"][-1].content, sides["rejected"][-1].content
 
 

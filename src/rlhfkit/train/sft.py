@@ -112,6 +112,8 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
     out = Path(cfg.out)
     accelerator = make_accelerator(cfg, cfg.grad_accum)
     seed_everything(cfg.seed)
+    if cfg.loss_on not in ("last", "all"):
+        raise ValueError(f"loss_on must be 'last' or 'all', got {cfg.loss_on!r}")
     examples = load_sft(cfg.data, cfg.chat_template)  # a malformed line stops here, before any model is loaded
     resume_ckpt = latest_checkpoint(cfg.resume) if cfg.resume else None
     tokenizer = load_tokenizer(cfg.model)
