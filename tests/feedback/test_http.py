@@ -460,7 +460,10 @@ def test_dashboard_agreement_figures(app, engine):
 
     wr = human_winrates(engine.url.render_as_string(hide_password=False))
     outcomes = [{"m": 1, "r": 0, "t": 0.5}[ch] for n in names for ch in choices[n]]
-    assert wr["ppo"]["n"] == 12 and wr["ppo"]["win_rate"] == pytest.approx(sum(outcomes) / 12)
+    # the prompt is the unit (three raters judged each of the 4 prompts): every prompt has 3 judgments,
+    # so the mean of prompt means is the mean of all 12
+    assert wr["ppo"]["n"] == 4 and wr["ppo"]["judgments"] == 12
+    assert wr["ppo"]["win_rate"] == pytest.approx(sum(outcomes) / 12)
 
 
 # --------------------------------------------------------------------------- chat + worker
