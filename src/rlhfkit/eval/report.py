@@ -124,7 +124,8 @@ def rich_table(winrates: Mapping):
     header, rows = table_rows(winrates)
     t = Table(title=f"Win-rate against {display_name(winrates.get('reference', 'initial'))}")
     for i, h in enumerate(header):
-        t.add_column(h, justify="left" if i == 0 else "right")
+        # "50 (reference)" whole, even in an 80-column terminal
+        t.add_column(h, justify="left" if i == 0 else "right", min_width=14 if i == 1 else None)
     for r in rows:
         t.add_row(*r)
     return t
