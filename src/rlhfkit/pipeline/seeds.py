@@ -7,6 +7,8 @@ seed, derived from the pipeline seed and a name:
 
   eval:NAME          method NAME's eval answers (eval:initial is the reference's answers)
   eval:best_of_n     best-of-n's candidates on the eval prompts
+  preferences:SRC    the preference samples drawn from SRC (sft, initial)
+  expert_iteration:R round R's best-of-n candidates
 
 ``stream_seed(seed, name)`` = the first 8 bytes of SHA-256("rlhfkit:{seed}:{name}"), big-endian,
 top bit cleared (a non-negative int64). A hash, not ``hash()``: Python salts string hashes per

@@ -177,7 +177,9 @@ def stage_preferences(ctx: Context) -> Path:
     drawn = {}
     for src, k in zip(sources, counts):
         if k:
-            ro = sample(ctx, paths[src], prompts, k, c.temperature, c.seed + 1, f"sampling {k} per preference prompt from {src}")
+            # each source its own stream: with one seed the SFT and initial models' answers share their draws
+            ro = sample(ctx, paths[src], prompts, k, c.temperature, stream_seed(c.seed, f"preferences:{src}"),
+                        f"sampling {k} per preference prompt from {src}")
             drawn[src] = [ro.responses[i * k : (i + 1) * k] for i in range(len(prompts))]
     rng = np.random.default_rng(c.seed + 2)
     groups, group_sources = [], []
@@ -310,7 +312,8 @@ def stage_expert_iteration(ctx: Context) -> Path:
     scorer = reward_scorer(ctx)
     for r in range(1, c.ei_rounds + 1):
         prompts = ctx.frame(ctx.split("unlabeled", c.ei_prompts, start=(r - 1) * c.ei_prompts))
-        picked, rows = best_of_n(ctx, model, prompts, c.ei_n, c.seed + 100 + r, f"expert iteration {r}: best-of-{c.ei_n}", scorer)
+        picked, rows = best_of_n(ctx, model, prompts, c.ei_n, stream_seed(c.seed, f"expert_iteration:{r}"),
+                                 f"expert iteration {r}: best-of-{c.ei_n}", scorer)
         out = ctx.run / "expert_iteration" / f"round-{r}"
         data = write_jsonl(out.parent / f"round-{r}.jsonl", [{"prompt": p, "completion": x} for p, x in zip(prompts, picked)])
         model = train_sft(SFTConfig(model=str(model), data=str(data), out=str(out), epochs=c.ei_epochs, lr=c.ei_lr,
