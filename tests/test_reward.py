@@ -246,3 +246,13 @@ def test_best_of_n_penalises_truncated_candidates_as_ppo_does(tmp_path, monkeypa
     assert picked == ["done.", "much better but cut"]
     assert rows[0]["best"] == 1 and rows[0]["ended"] == [False, True] and rows[0]["penalised_scores"] == pytest.approx([1.5, 1.8])
     assert rows[0]["scores"] == pytest.approx([2.0, 1.8])
+
+
+def test_reward_model_trains_the_eos_embedding(tok):
+    """The score is read at the EOS; with pad == EOS the embedding's padding_idx would withhold that row's
+    gradient (and a resumed run, whose saved config has a spare pad token, would withhold another's)."""
+    rm = _random_head_rm(seed=5).train()
+    ids = torch.tensor([tok("A film.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]])
+    rm(ids, torch.ones_like(ids)).sum().backward()
+    grad = rm.model.get_input_embeddings().weight.grad
+    assert grad[tok.eos_token_id].abs().sum() > 0

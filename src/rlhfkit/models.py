@@ -422,6 +422,10 @@ class RewardModel(nn.Module):
             config.rlhfkit_reference_mean = 0.0
         if config.pad_token_id is None:
             config.pad_token_id = config.eos_token_id
+        # the embedding's padding_idx (the config's pad id) only withholds that row's gradient. With pad ==
+        # EOS it froze the EOS embedding, the token the score is read at; and a saved folder's pad id (a
+        # spare token) differs from the starting model's, so a resumed run would freeze another row
+        model.get_input_embeddings().padding_idx = None
         if lora is not None and lora.r > 0:
             from peft import LoraConfig, get_peft_model
 
