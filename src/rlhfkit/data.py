@@ -266,6 +266,8 @@ def load_prompts(path, chat_template: str = "auto") -> list[dict]:
 
 def _sft_example(obj: dict, where: str) -> SFTExample:
     meta = {k: v for k, v in obj.items() if k not in ("prompt", "completion", "messages", "text")}
+    if not isinstance(meta.get("finished", True), bool):
+        raise DataError(f'{where}: "finished" must be true or false')
     if "prompt" not in obj and "messages" not in obj and "text" in obj:
         return SFTExample(None, _str(obj, "text", where), meta)
     if "prompt" in obj:

@@ -60,6 +60,7 @@ class PipelineConfig:
     ei_n: int = opt(4, "Candidates per prompt in expert iteration.")
     ei_epochs: float = opt(1.0, "SFT passes over the winners per round.")
     ei_lr: float = opt(5e-5, "Expert-iteration SFT learning rate.")
+    ei_warmup_steps: int = opt(0, "Linear warmup steps of each expert-iteration SFT round.")
     # evaluation
     eval_prompts: int = opt(224, "Eval prompts (the task ships 300).")
     eval_samples: int = opt(2, "Answers per eval prompt for every sampled method, each judged against its own reference answer (standard errors are taken over prompts).")

@@ -303,6 +303,16 @@ def stage_best_of_n(ctx: Context) -> Path:
     return write_jsonl(ctx.run / "best_of_n" / "responses.jsonl", [{"prompt": p, "response": r} for p, r in zip(prompts, picked)])
 
 
+def expert_demonstrations(prompts: list[str], picked: list[str], rows: list[dict]) -> list[dict]:
+    """The SFT data of an expert-iteration round: each prompt's best-of-n winner exactly as it was sampled.
+    A winner cut off at max_new_tokens is marked ``"finished": false``, so SFT learns its tokens but no
+    EOS after them (an EOS there would teach the policy to stop mid-sentence)."""
+    out = []
+    for p, x, row in zip(prompts, picked, rows):
+        out.append({"prompt": p, "completion": x} if row["ended"][row["best"]] else {"prompt": p, "completion": x, "finished": False})
+    return out
+
+
 def stage_expert_iteration(ctx: Context) -> Path:
     """Best-of-n on fresh prompts, SFT on the winners, repeated (each round starts from the last)."""
     from rlhfkit.train.sft import train_sft
@@ -310,15 +320,20 @@ def stage_expert_iteration(ctx: Context) -> Path:
     c = ctx.cfg
     model = ctx.run / "sft"
     scorer = reward_scorer(ctx)
+    summary = []
     for r in range(1, c.ei_rounds + 1):
         prompts = ctx.frame(ctx.split("unlabeled", c.ei_prompts, start=(r - 1) * c.ei_prompts))
         picked, rows = best_of_n(ctx, model, prompts, c.ei_n, stream_seed(c.seed, f"expert_iteration:{r}"),
                                  f"expert iteration {r}: best-of-{c.ei_n}", scorer)
         out = ctx.run / "expert_iteration" / f"round-{r}"
-        data = write_jsonl(out.parent / f"round-{r}.jsonl", [{"prompt": p, "completion": x} for p, x in zip(prompts, picked)])
+        demos = expert_demonstrations(prompts, picked, rows)
+        data = write_jsonl(out.parent / f"round-{r}.jsonl", demos)
+        summary.append({"round": r, "prompts": len(prompts), "finished_winners": sum(d.get("finished", True) for d in demos),
+                        "winner_score": float(np.mean([row["penalised_scores"][row["best"]] for row in rows]))})
         model = train_sft(SFTConfig(model=str(model), data=str(data), out=str(out), epochs=c.ei_epochs, lr=c.ei_lr,
-                                    batch_size=c.sft_batch_size, mixed_precision=ctx.mp, system_prompt=c.system_prompt,
-                                    seed=c.seed + r), progress=ctx.progress)
+                                    warmup_steps=c.ei_warmup_steps, batch_size=c.sft_batch_size, mixed_precision=ctx.mp,
+                                    system_prompt=c.system_prompt, seed=c.seed + r), progress=ctx.progress)
+    (ctx.run / "expert_iteration" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return model
 
 

@@ -54,7 +54,8 @@ def _conversation_turns(tokenizer, ex: SFTExample, cfg) -> tuple[list[int], list
 
 def sft_tokens(tokenizer, ex: SFTExample, cfg) -> tuple[list[int], list[int], list[int]]:
     """(prompt ids, response ids, loss flags of the response ids) of one example, before truncation of the
-    prompt. The model sees ``format_prompts``' text of the prompt, then the completion and EOS; an
+    prompt. The model sees ``format_prompts``' text of the prompt, then the completion and EOS (no EOS
+    for ``{"finished": false}``, a sample cut off at its token limit); an
     example without a prompt ({"text"}) is language modelling on the raw text + EOS (its first token is
     the context of the second, as in TRL)."""
     chat_template, loss_on = getattr(cfg, "chat_template", "auto"), getattr(cfg, "loss_on", "last")
@@ -67,7 +68,12 @@ def sft_tokens(tokenizer, ex: SFTExample, cfg) -> tuple[list[int], list[int], li
     if loss_on == "all" and isinstance(ex.prompt, Conversation) and any(m.role == "assistant" for m in ex.prompt):
         return _conversation_turns(tokenizer, ex, cfg)
     prompt = _ids(tokenizer, format_prompts(tokenizer, [ex.prompt], cfg.system_prompt, chat_template)[0])
-    resp = _ids(tokenizer, ex.completion)[: cfg.max_completion_tokens - 1] + [eos]
+    if ex.meta.get("finished", True) is False:
+        # a sample cut off at its token limit ({"finished": false}, as expert iteration writes them): its
+        # tokens are the demonstration, but it never stopped, so no EOS is learned after them
+        resp = _ids(tokenizer, ex.completion)[: cfg.max_completion_tokens]
+    else:
+        resp = _ids(tokenizer, ex.completion)[: cfg.max_completion_tokens - 1] + [eos]
     return prompt, resp, [1] * len(resp)
 
 
