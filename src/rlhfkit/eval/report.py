@@ -465,8 +465,8 @@ def plot_winrates(winrates: Mapping, path: Path | str) -> Path:
     off = -width / 2 if human else 0.0
     sim_err = [_err(m.get("stderr")) for _, m in ms]
     ax.bar(x + off, sim, width, yerr=sim_err, capsize=4, color="tab:blue", label="simulated (panel)")
-    for xi, v, e in zip(x + off, sim, sim_err):  # value above the error bar, not on it
-        ax.text(xi, v + e + 1, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+    for xi, v, e, (_, m) in zip(x + off, sim, sim_err, ms):  # value above the error bar, not on it
+        ax.text(xi, v + e + 1, "reference" if m.get("is_reference") else f"{v:.1f}", ha="center", va="bottom", fontsize=8)
     if human:
         hv = [100 * m["human_win_rate"] if m.get("human_win_rate") is not None else 0.0 for _, m in ms]
         hum_err = [_err(m.get("human_stderr")) for _, m in ms]
