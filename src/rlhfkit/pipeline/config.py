@@ -68,7 +68,7 @@ class PipelineConfig:
 
 
 PRESETS = {
-    # the demo: the embedded SmolLM2 on the bundled task, within ~15 minutes on a 2-core CPU
+    # the demo: the embedded SmolLM2 on the bundled task (README: 50 min in fp32 on 2 cores without native bf16)
     "demo": {},
     # the same code path on the tiny random model in well under 2 minutes (make test runs it)
     "smoke": dict(model="tiny", bf16=False, max_new_tokens=8, gen_batch_size=32, sft_examples=16, sft_lr=1e-3,
