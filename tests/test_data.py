@@ -288,7 +288,7 @@ def test_data_to_pairs_command(tmp_path):
     dst = tmp_path / "pairs.jsonl"
     result = CliRunner().invoke(app, ["data", "to-pairs", str(src), str(dst)])
     assert result.exit_code == 0, result.output
-    assert "7 pairs from 2 records written" in result.output
+    assert "7 pairs from 2 prompts written" in result.output
     rows = [r for _, r in read_jsonl(dst)]
     assert len(rows) == 4 * 3 // 2 + 1 and all(set(r) >= {"prompt", "chosen", "rejected"} for r in rows)
     assert not any("margin" in r for r in rows) and rows[0]["source"] == "sft"

@@ -173,8 +173,7 @@ def data_to_pairs(src, dst):
         prefs = load_preferences(src)
         rows = pair_rows(prefs)
         write_jsonl(dst, rows)
-        groups = len({p.group for p in prefs})
-        click.echo(f"{len(rows)} pairs from {groups} records written to {dst}")
+        click.echo(f"{len(rows)} pairs from {len({p.prompt for p in prefs})} prompts written to {dst}")
 
     _run_reporting_errors(run)
 

@@ -226,14 +226,13 @@ class SFTExample:
 
 @dataclass
 class Preference:
-    """One comparison: ``chosen`` preferred to ``rejected`` for ``prompt``; ``group`` ties the pairs that
-    came from one ranking, so that a batch can keep them together (InstructGPT)."""
+    """One comparison: ``chosen`` preferred to ``rejected`` for ``prompt``. The reward trainer groups the
+    pairs of a prompt (from one ranking or several pair lines) by the prompt itself."""
 
     prompt: Prompt
     chosen: str
     rejected: str
     margin: float | None = None
-    group: int = 0
     meta: dict = field(default_factory=dict)
 
 
@@ -323,7 +322,7 @@ def _validate_ranking(obj: dict, where: str) -> Ranking:
     return Ranking(prompt, list(responses), list(ranking), meta)
 
 
-def _pair(obj: dict, where: str, group: int) -> Preference:
+def _pair(obj: dict, where: str) -> Preference:
     if "completion" in obj and "label" in obj:
         raise DataError(f'{where}: unpaired preference {{"prompt", "completion", "label"}} (TRL\'s KTO shape) is '
                         f'not read: give pairs {{"prompt", "chosen", "rejected"}} or rankings '
@@ -339,23 +338,23 @@ def _pair(obj: dict, where: str, group: int) -> Preference:
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
         raise DataError(f'{where}: "margin" must be a number')
     meta = {k: v for k, v in obj.items() if k not in ("prompt", "chosen", "rejected", "margin")}
-    return Preference(prompt, chosen, rejected, None if margin is None else float(margin), group, meta)
+    return Preference(prompt, chosen, rejected, None if margin is None else float(margin), meta)
 
 
 def load_preferences(path, chat_template: str = "auto") -> list[Preference]:
-    """Pairs and rankings, in one file or mixed; rankings expand to all K(K-1)/2 pairs (same group)."""
+    """Pairs and rankings, in one file or mixed; rankings expand to all K(K-1)/2 pairs."""
     from rlhfkit.ops import ranking_pairs
 
     out: list[Preference] = []
-    for group, (n, obj) in enumerate(read_jsonl(path)):
+    for n, obj in read_jsonl(path):
         where = f"{path}:{n}"
         if "ranking" in obj or "responses" in obj:
             rk = _validate_ranking(obj, where)
             _raw_text_ok(rk.prompt, where, chat_template)
             for w, l in ranking_pairs(rk.ranking):
-                out.append(Preference(rk.prompt, rk.responses[w], rk.responses[l], None, group, rk.meta))
+                out.append(Preference(rk.prompt, rk.responses[w], rk.responses[l], None, rk.meta))
             continue
-        out.append(_pair(obj, where, group))
+        out.append(_pair(obj, where))
         _raw_text_ok(out[-1].prompt, where, chat_template)
     return out
 

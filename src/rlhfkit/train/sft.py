@@ -24,8 +24,6 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 def _render(tokenizer, messages, cfg) -> str:
     """The chat-templated text of ``messages`` up to the next assistant turn (generation prompt added)."""
-    from rlhfkit.data import Conversation
-
     return format_prompts(tokenizer, [Conversation(messages)], cfg.system_prompt, "auto")[0]
 
 
@@ -58,9 +56,7 @@ def sft_tokens(tokenizer, ex: SFTExample, cfg) -> tuple[list[int], list[int], li
     for ``{"finished": false}``, a sample cut off at its token limit); an
     example without a prompt ({"text"}) is language modelling on the raw text + EOS (its first token is
     the context of the second, as in TRL)."""
-    chat_template, loss_on = getattr(cfg, "chat_template", "auto"), getattr(cfg, "loss_on", "last")
-    if loss_on not in ("last", "all"):
-        raise ValueError(f"loss_on must be 'last' or 'all', got {loss_on!r}")
+    chat_template, loss_on = getattr(cfg, "chat_template", "auto"), getattr(cfg, "loss_on", "last")  # train_sft checks loss_on
     eos = tokenizer.eos_token_id
     if ex.prompt is None:
         ids = _ids(tokenizer, ex.completion)[: cfg.max_prompt_tokens + cfg.max_completion_tokens - 1] + [eos]
