@@ -29,7 +29,7 @@ def main() -> None:
     print(f"annotators          {r.users} concurrent, {a.per_user} submissions each")
     print(f"labels acknowledged {r.submissions_sent} (+{r.retries} repeated submissions)")
     print(f"requests            {r.requests} in {r.seconds:.1f} s = {r.requests_per_s:.0f} requests/s")
-    print(f"latency             p50 {r.p50_ms:.0f} ms, p95 {r.p95_ms:.0f} ms (submissions p95 {r.submit_p95_ms:.0f} ms)")
+    print(f"latency             p50 {r.p50_ms:.0f} ms, p95 {r.p95_ms:.0f} ms (submissions p95 {r.submit_p95_ms:.0f} ms), max {r.max_ms:.0f} ms (/api/next max {r.next_max_ms:.0f} ms)")
     print(f"lost labels         {r.lost}")
     print(f"duplicated labels   {r.duplicated}")
     for e in r.errors[:10]:

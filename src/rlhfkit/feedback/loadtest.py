@@ -37,6 +37,8 @@ class LoadResult:
     p50_ms: float
     p95_ms: float
     submit_p95_ms: float
+    max_ms: float  # the slowest request (the client gives up after 60 s)
+    next_max_ms: float  # the slowest /api/next (it may allocate a batch)
     lost: int
     duplicated: int
     errors: list[str] = field(default_factory=list)
@@ -77,7 +79,7 @@ def prepare(db_url: str, n_users: int, per_user: int, overlap: int = 2) -> None:
     engine.dispose()
 
 
-async def _annotator(base: str, name: str, per_user: int, deadline: float, lat: list, sub_lat: list, sent: dict, errors: list, counters: dict) -> None:
+async def _annotator(base: str, name: str, per_user: int, deadline: float, lat: list, sub_lat: list, next_lat: list, sent: dict, errors: list, counters: dict) -> None:
     import httpx
 
     async with httpx.AsyncClient(base_url=base, timeout=60.0) as c:
@@ -89,6 +91,8 @@ async def _annotator(base: str, name: str, per_user: int, deadline: float, lat: 
             lat.append(dt_ms)
             if submit:
                 sub_lat.append(dt_ms)
+            if url == "/api/next":
+                next_lat.append(dt_ms)
             counters["requests"] += 1
             return r
 
@@ -149,6 +153,7 @@ def run_load(db_url: str, n_users: int = 50, per_user: int = 20, time_limit_s: f
             time.sleep(0.1)
         lat: list[float] = []
         sub_lat: list[float] = []
+        next_lat: list[float] = []
         sent: dict = {}
         errors: list[str] = []
         counters = {"requests": 0, "retries": 0}
@@ -156,7 +161,7 @@ def run_load(db_url: str, n_users: int = 50, per_user: int = 20, time_limit_s: f
 
         async def main() -> None:
             await asyncio.gather(*[
-                _annotator(base, f"u{i}", per_user, deadline, lat, sub_lat, sent, errors, counters) for i in range(n_users)
+                _annotator(base, f"u{i}", per_user, deadline, lat, sub_lat, next_lat, sent, errors, counters) for i in range(n_users)
             ])
 
         t0 = time.perf_counter()
@@ -188,5 +193,6 @@ def run_load(db_url: str, n_users: int = 50, per_user: int = 20, time_limit_s: f
     return LoadResult(
         users=n_users, submissions_sent=len(sent), retries=counters["retries"], requests=counters["requests"],
         seconds=seconds, requests_per_s=counters["requests"] / seconds, p50_ms=_pct(lat, 0.5), p95_ms=_pct(lat, 0.95),
-        submit_p95_ms=_pct(sub_lat, 0.95), lost=lost, duplicated=dup, errors=errors,
+        submit_p95_ms=_pct(sub_lat, 0.95), max_ms=max(lat, default=float("nan")),
+        next_max_ms=max(next_lat, default=float("nan")), lost=lost, duplicated=dup, errors=errors,
     )

@@ -511,28 +511,53 @@ def allocate_batch(engine: sa.Engine, user: User, n: int | None = None) -> int:
         made = 0
         for _round in range(5):
             cands = _candidates(s, user.id, overlap, (n - made) * 3)
-            progress_made = False
+            if not cands:
+                break
+            # Three queries per round, whatever the batch size: under the lock above every
+            # other annotator's first request waits for this one, so round trips add up.
+            used: dict[int, set[int]] = {}
+            for task_id, slot in s.execute(
+                sa.select(Assignment.task_id, Assignment.slot).where(Assignment.task_id.in_(cands), Assignment.slot.is_not(None))
+            ):
+                used.setdefault(task_id, set()).add(slot)
+            tasks = {t.id: t for t in s.scalars(sa.select(Task).where(Task.id.in_(cands)).options(selectinload(Task.responses)))}
+            new = []
             for task_id in cands:
-                if made >= n:
+                if made + len(new) >= n:
                     break
-                used = set(s.scalars(sa.select(Assignment.slot).where(Assignment.task_id == task_id, Assignment.slot.is_not(None))))
-                free = [k for k in range(overlap) if k not in used]
-                if not free:
-                    continue
-                task = s.get(Task, task_id, options=[selectinload(Task.responses)])
-                try:
-                    with s.begin_nested():
-                        s.add(Assignment(
-                            task_id=task_id, user_id=user.id, slot=free[0], attempt=0, status="pending",
-                            display_order=display_order(cfg["seed"], task, user.id, 0), assigned_at=utcnow(),
-                        ))
-                except IntegrityError:
-                    continue  # somebody else took that slot a moment ago
-                made += 1
-                progress_made = True
-            if made >= n or not cands or not progress_made:
+                free = [k for k in range(overlap) if k not in used.get(task_id, set())]
+                if free:
+                    task = tasks[task_id]
+                    new.append(Assignment(
+                        task_id=task_id, user_id=user.id, slot=free[0], attempt=0, status="pending",
+                        display_order=display_order(cfg["seed"], task, user.id, 0), assigned_at=utcnow(),
+                    ))
+            if not new:
+                break
+            try:
+                with s.begin_nested():
+                    s.add_all(new)
+            except IntegrityError:
+                # somebody else took one of these slots a moment ago (only possible without
+                # the lock): place them one by one, skipping the taken ones
+                placed = []
+                for a in map(_fresh_copy, new):
+                    try:
+                        with s.begin_nested():
+                            s.add(a)
+                    except IntegrityError:
+                        continue
+                    placed.append(a)
+                new = placed
+            made += len(new)
+            if made >= n:
                 break
     return made
+
+
+def _fresh_copy(a: Assignment) -> Assignment:
+    return Assignment(task_id=a.task_id, user_id=a.user_id, slot=a.slot, attempt=a.attempt, status=a.status,
+                      display_order=a.display_order, assigned_at=a.assigned_at)
 
 
 def next_assignment(engine: sa.Engine, user: User) -> Assignment | None:
