@@ -27,7 +27,7 @@ def main() -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from rlhfkit.cli import _quiet_libraries
-    from rlhfkit.train.reward import RewardScorer
+    from rlhfkit.scoring import RewardScorer
 
     _quiet_libraries()
     prompts, responses = [], []

@@ -247,7 +247,8 @@ def test_sft_errors_name_file_line(tmp_path, row, message):
 
 def test_conversations_flow_through_reward_scoring(tmp_path, tok):
     """A conversational preference file trains the reward model (pairs of one prompt share a key)."""
-    from rlhfkit.train.reward import encode_pairs_input, train_reward
+    from rlhfkit.scoring import encode_pairs_input
+    from rlhfkit.train.reward import train_reward
 
     path = write_jsonl(tmp_path / "prefs.jsonl", [
         {"prompt": [SYSTEM, U1, A1, U2], "chosen": [A2], "rejected": [{"role": "assistant", "content": " red."}]},

@@ -51,7 +51,7 @@ def test_plain_transformers_scores_a_saved_reward_model_as_rlhfkit_does(tmp_path
     equals RewardScorer (normalisation included), whichever side pads."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rlhfkit.train.reward import RewardScorer
+    from rlhfkit.scoring import RewardScorer
 
     rm = _random_head_rm()
     rm.set_normalization(0.3, 2.0)
@@ -90,7 +90,7 @@ def test_spare_pad_token_is_special_and_never_in_chat_text(tok):
 def test_old_format_reward_model_loads_and_scores_as_before(tmp_path, tok):
     """A folder saved before the normalisation moved into the head (unscaled head, mean/std config keys,
     pad == EOS): the centred score is the old normalised score (raw - mean) / std."""
-    from rlhfkit.train.reward import RewardScorer
+    from rlhfkit.scoring import RewardScorer
 
     rm = _random_head_rm(seed=2)
     del rm.model.config.rlhfkit_reference_mean
@@ -115,7 +115,8 @@ def _rankings(n, k=3, start=0):
 def test_reward_model_saves_its_tokenisation_and_scores_with_it(tmp_path, tok):
     """The system prompt and the token limits the reward model was trained with are saved with it, and
     RewardScorer.load scores with them (no caller passes them)."""
-    from rlhfkit.train.reward import RewardScorer, train_reward
+    from rlhfkit.scoring import RewardScorer
+    from rlhfkit.train.reward import train_reward
 
     data = write_jsonl(tmp_path / "prefs.jsonl", _rankings(8))
     out = train_reward(RewardConfig(model="tiny", data=str(data), out=str(tmp_path / "rm"), max_steps=2, batch_size=4, lr=1e-2,

@@ -61,7 +61,8 @@ def test_sft_loss_falls(tmp_path):
 def test_reward_model_learns_synthetic_preference(tmp_path):
     """Preferred responses carry more 'wonderful's; K=4 rankings -> 6 pairs each."""
     from rlhfkit.models import RewardModel
-    from rlhfkit.train.reward import RewardScorer, train_reward
+    from rlhfkit.scoring import RewardScorer
+    from rlhfkit.train.reward import train_reward
 
     rng = random.Random(1)
     filler = "the movie film plot actor scene music story long short city night".split()

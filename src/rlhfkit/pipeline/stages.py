@@ -253,7 +253,7 @@ def sft_reference(rankings: Path, out: Path) -> str | None:
 def reward_scorer(ctx: Context):
     """The reward model as the pipeline uses it: its saved system prompt and token limits, and centred
     (SFT samples score mean 0), so the reported proxy reads as "better or worse than SFT"."""
-    from rlhfkit.train.reward import RewardScorer
+    from rlhfkit.scoring import RewardScorer
 
     return RewardScorer.load(ctx.run / "reward", batch_size=64, bf16=ctx.cfg.bf16, center=True)
 

@@ -12,11 +12,9 @@ The actor and critic share one backbone (a value head on the last hidden state).
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,13 +24,12 @@ from rlhfkit.config import PPOConfig
 from rlhfkit.data import load_prompts
 from rlhfkit.models import PolicyWithValue, is_peft, load_causal_lm, load_tokenizer
 from rlhfkit.rollout import GenerationConfig, Rollout, autocast_context, forward_response, generate, prompt_format
+from rlhfkit.scoring import RewardFn, as_scores, load_reward_fn
 from rlhfkit.train.common import (
     Batches, MetricsLog, Timer, latest_checkpoint, load_trainer_state, lora_settings, make_accelerator,
     make_optimizer, progress_bar, resolve_config_precision, rng_state, save_trainer_state, seed_everything, set_rng_state, write_run_info,
 )
 from rlhfkit.train.sft import save_model
-
-RewardFn = Callable[[list[str], list[str]], torch.Tensor]
 
 
 class KLController:
@@ -46,28 +43,6 @@ class KLController:
         if self.adaptive:
             err = min(max(kl / self.target - 1.0, -0.2), 0.2)
             self.value *= 1.0 + err * n_samples / self.horizon
-
-
-def load_reward_fn(spec: str) -> RewardFn:
-    """'package.module:function' -> the callable (prompts, responses) -> scores."""
-    if ":" not in spec:
-        raise ValueError(f"--reward-fn {spec!r}: expected 'module:function'")
-    mod, name = spec.split(":", 1)
-    try:
-        module = importlib.import_module(mod)
-    except ImportError as e:
-        raise ValueError(f"--reward-fn {spec!r}: cannot import {mod!r} ({e})") from None
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise ValueError(f"--reward-fn {spec!r}: {name} is not a callable in {mod}")
-    return fn
-
-
-def as_scores(x, n: int) -> torch.Tensor:
-    t = torch.as_tensor(x, dtype=torch.float32).flatten().cpu()
-    if t.numel() != n:
-        raise ValueError(f"the reward returned {t.numel()} scores for {n} responses")
-    return t
 
 
 class PPOTrainer:
@@ -365,7 +340,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, gold_fn: Reward
         if cfg.reward_fn:
             reward_fn = load_reward_fn(cfg.reward_fn)
         elif cfg.reward_model:
-            from rlhfkit.train.reward import RewardScorer
+            from rlhfkit.scoring import RewardScorer
 
             # the reward model's own system prompt and token limits (saved with it), centred so that its
             # reference responses score mean 0 (the head has no bias to hold the shift)

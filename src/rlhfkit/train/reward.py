@@ -18,69 +18,11 @@ from rlhfkit import ops
 from rlhfkit.config import RewardConfig
 from rlhfkit.data import Preference, load_preferences, read_jsonl
 from rlhfkit.models import RewardModel, load_tokenizer
-from rlhfkit.rollout import encode_prompts, encode_responses
+from rlhfkit.scoring import RewardScorer, encode_pairs_input
 from rlhfkit.train.common import (
     Batches, MetricsLog, Timer, latest_checkpoint, restore_trainer_state, make_accelerator, make_optimizer,
     progress_bar, rng_state, save_trainer_state, seed_everything, write_run_info,
 )
-
-
-def encode_pairs_input(tokenizer, prompts: list[str], responses: list[str], cfg, device="cpu"):
-    """(prompt, response) texts -> (ids, mask, response_start) of chat prompt + response + EOS; prompts
-    left-padded, responses right-padded from column ``response_start``, so the attention mask marks
-    exactly the real tokens. ``cfg`` gives system_prompt, max_prompt_tokens, max_completion_tokens and
-    chat_template (``auto`` when absent).
-
-    Every response gets an EOS, truncated ones included: the reward model scores a response as a
-    finished answer; whoever scores policy samples to choose or optimise subtracts a missing-EOS penalty
-    for those that never emitted one (PPO's ``missing_eos_penalty``, the pipeline's best-of-n)."""
-    template = getattr(cfg, "chat_template", "auto") or "auto"
-    p_ids, p_mask = encode_prompts(tokenizer, prompts, cfg.system_prompt, device, chat_template=template)
-    p_ids, p_mask = p_ids[:, -cfg.max_prompt_tokens :], p_mask[:, -cfg.max_prompt_tokens :]
-    r_ids, r_mask = encode_responses(tokenizer, responses, True, cfg.max_completion_tokens, device)
-    return torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1), p_ids.shape[1]
-
-
-class RewardScorer:
-    """A reward model as the policy trainers see it: ``(prompts, responses) -> (B,) scores``.
-
-    The score is what transformers' ``AutoModelForSequenceClassification`` computes on the saved folder
-    for the chat-formatted prompt + response + EOS (the reference responses' scores have std 1). With
-    ``center=True`` the reference mean is subtracted, so reference responses score mean 0: what PPO
-    optimises (a constant shift leaves the optimal policy unchanged, but the zero-initialised value head
-    would first have to learn it). Texts are tokenised with the settings saved with the model
-    (``RewardModel.scoring``) unless ``cfg`` is given (the trainer, before they are saved)."""
-
-    def __init__(self, rm: RewardModel, tokenizer, cfg=None, batch_size: int = 32, bf16: bool = False, center: bool = False):
-        from types import SimpleNamespace
-
-        self.rm, self.tokenizer, self.batch_size, self.bf16, self.center = rm, tokenizer, batch_size, bf16, center
-        self.cfg = cfg or SimpleNamespace(**rm.scoring)
-        rm.eval()
-
-    @classmethod
-    def load(cls, path, batch_size: int = 32, bf16: bool = False, device=None, center: bool = False) -> "RewardScorer":
-        from rlhfkit.models import cast_linears_for_autocast, default_device
-
-        rm = RewardModel.from_pretrained(path)
-        rm.requires_grad_(False)
-        rm.to(device if device is not None else default_device())
-        if bf16:  # scoring only, always under autocast: cast the linear weights once
-            cast_linears_for_autocast(rm)
-        return cls(rm, load_tokenizer(path), None, batch_size, bf16, center)
-
-    @torch.no_grad()
-    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        from rlhfkit.rollout import autocast_context
-
-        device = next(self.rm.parameters()).device
-        out = []
-        for i in range(0, len(prompts), self.batch_size):
-            ids, mask, start = encode_pairs_input(self.tokenizer, prompts[i : i + self.batch_size], responses[i : i + self.batch_size], self.cfg, device)
-            with autocast_context(device, self.bf16):
-                out.append(self.rm(ids, mask, response_start=start).float())
-        scores = torch.cat(out) if out else torch.zeros(0)
-        return scores - self.rm.reference_mean if self.center else scores
 
 
 def group_pairs(pairs: list[Preference]) -> list[list[Preference]]:

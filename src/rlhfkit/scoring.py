@@ -1,0 +1,100 @@
+"""Rewards as the policy trainers see them: ``(prompts, responses) -> (B,) scores``.
+
+Every reward follows this one protocol, whatever stands behind it: a trained reward model
+(``RewardScorer``), a python function named on the command line (``load_reward_fn``), or the simulated
+panel's gold reward (the pipeline's ``Context.gold``). ``prompts`` are the prompts as sampled (plain text
+or a conversation), ``responses`` the decoded responses; a scorer returns one float per pair, higher is
+better. ``as_scores`` checks and normalises whatever a reward returns (list, array, tensor).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+import torch
+
+from rlhfkit.models import RewardModel, load_tokenizer
+from rlhfkit.rollout import autocast_context, encode_prompts, encode_responses
+
+RewardFn = Callable[[list[str], list[str]], torch.Tensor]
+
+
+def load_reward_fn(spec: str) -> RewardFn:
+    """'package.module:function' -> the callable (prompts, responses) -> scores."""
+    if ":" not in spec:
+        raise ValueError(f"--reward-fn {spec!r}: expected 'module:function'")
+    mod, name = spec.split(":", 1)
+    try:
+        module = importlib.import_module(mod)
+    except ImportError as e:
+        raise ValueError(f"--reward-fn {spec!r}: cannot import {mod!r} ({e})") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"--reward-fn {spec!r}: {name} is not a callable in {mod}")
+    return fn
+
+
+def as_scores(x, n: int) -> torch.Tensor:
+    """A reward's output (list, array or tensor) -> a flat float32 CPU tensor of ``n`` scores."""
+    t = torch.as_tensor(x, dtype=torch.float32).flatten().cpu()
+    if t.numel() != n:
+        raise ValueError(f"the reward returned {t.numel()} scores for {n} responses")
+    return t
+
+
+def encode_pairs_input(tokenizer, prompts: list[str], responses: list[str], cfg, device="cpu"):
+    """(prompt, response) texts -> (ids, mask, response_start) of chat prompt + response + EOS; prompts
+    left-padded, responses right-padded from column ``response_start``, so the attention mask marks
+    exactly the real tokens. ``cfg`` gives system_prompt, max_prompt_tokens, max_completion_tokens and
+    chat_template (``auto`` when absent).
+
+    Every response gets an EOS, truncated ones included: the reward model scores a response as a
+    finished answer; whoever scores policy samples to choose or optimise subtracts a missing-EOS penalty
+    for those that never emitted one (PPO's ``missing_eos_penalty``, the pipeline's best-of-n)."""
+    template = getattr(cfg, "chat_template", "auto") or "auto"
+    p_ids, p_mask = encode_prompts(tokenizer, prompts, cfg.system_prompt, device, chat_template=template)
+    p_ids, p_mask = p_ids[:, -cfg.max_prompt_tokens :], p_mask[:, -cfg.max_prompt_tokens :]
+    r_ids, r_mask = encode_responses(tokenizer, responses, True, cfg.max_completion_tokens, device)
+    return torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1), p_ids.shape[1]
+
+
+class RewardScorer:
+    """A reward model as the policy trainers see it: ``(prompts, responses) -> (B,) scores``.
+
+    The score is what transformers' ``AutoModelForSequenceClassification`` computes on the saved folder
+    for the chat-formatted prompt + response + EOS (the reference responses' scores have std 1). With
+    ``center=True`` the reference mean is subtracted, so reference responses score mean 0: what PPO
+    optimises (a constant shift leaves the optimal policy unchanged, but the zero-initialised value head
+    would first have to learn it). Texts are tokenised with the settings saved with the model
+    (``RewardModel.scoring``) unless ``cfg`` is given (the trainer, before they are saved)."""
+
+    def __init__(self, rm: RewardModel, tokenizer, cfg=None, batch_size: int = 32, bf16: bool = False, center: bool = False):
+        from types import SimpleNamespace
+
+        self.rm, self.tokenizer, self.batch_size, self.bf16, self.center = rm, tokenizer, batch_size, bf16, center
+        self.cfg = cfg or SimpleNamespace(**rm.scoring)
+        rm.eval()
+
+    @classmethod
+    def load(cls, path, batch_size: int = 32, bf16: bool = False, device=None, center: bool = False) -> "RewardScorer":
+        """The reward model saved at ``path``, frozen, on ``device`` (the default device when None)."""
+        from rlhfkit.models import cast_linears_for_autocast, default_device
+
+        rm = RewardModel.from_pretrained(path)
+        rm.requires_grad_(False)
+        rm.to(device if device is not None else default_device())
+        if bf16:  # scoring only, always under autocast: cast the linear weights once
+            cast_linears_for_autocast(rm)
+        return cls(rm, load_tokenizer(path), None, batch_size, bf16, center)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        device = next(self.rm.parameters()).device
+        out = []
+        for i in range(0, len(prompts), self.batch_size):
+            ids, mask, start = encode_pairs_input(self.tokenizer, prompts[i : i + self.batch_size], responses[i : i + self.batch_size], self.cfg, device)
+            with autocast_context(device, self.bf16):
+                out.append(self.rm(ids, mask, response_start=start).float())
+        scores = torch.cat(out) if out else torch.zeros(0)
+        return scores - self.rm.reference_mean if self.center else scores
