@@ -24,18 +24,18 @@ def main() -> None:
     ap.add_argument("--no-share", action="store_true", help="prefill every row, even when prompts repeat")
     args = ap.parse_args()
 
-    from rlhfkit.cli import _quiet_libraries
+    from rlhfkit.cli_options import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     from rlhfkit.models import load_causal_lm, load_tokenizer
-    from rlhfkit import rollout
+    from rlhfkit import forward
     from rlhfkit.rollout import GenerationConfig, generate
     from rlhfkit.tasks import load_task
 
     task = load_task("movie_reviews")
     prompts = [task.format_prompt(p) for p in task.prompts("eval")][: args.prompts]
     prompts = [p for p in prompts for _ in range(args.samples)]
-    rollout.SHARE_REPEATED_PROMPTS = not args.no_share
+    forward.SHARE_REPEATED_PROMPTS = not args.no_share
     tok, lm = load_tokenizer(args.model), load_causal_lm(args.model, trainable=False)
     cfg = GenerationConfig(max_new_tokens=args.new_tokens, temperature=1.0, batch_size=args.batch_size,
                            system_prompt="You are a helpful assistant.")

@@ -39,9 +39,9 @@ def main() -> None:
     ap.add_argument("--ppo-epochs", type=int, default=1)
     args = ap.parse_args()
 
-    from rlhfkit.cli import _quiet_libraries
+    from rlhfkit.cli_options import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     from rlhfkit.config import PPOConfig
@@ -82,7 +82,7 @@ def main() -> None:
     total = t["time_generate"] + t["time_reward"] + t["time_ref_values"] + t["time_update"]
     # FLOPs: 2 * params per token forward; x3 forward+backward. Forward passes see prompt + response;
     # the LM head (vocab x width) runs only on response positions.
-    from rlhfkit.rollout import encode_prompts
+    from rlhfkit.forward import encode_prompts
     from rlhfkit.models import load_tokenizer
 
     tok = load_tokenizer(args.model)

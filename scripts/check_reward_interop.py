@@ -26,10 +26,10 @@ def main() -> None:
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rlhfkit.cli import _quiet_libraries
+    from rlhfkit.cli_options import quiet_libraries
     from rlhfkit.scoring import RewardScorer
 
-    _quiet_libraries()
+    quiet_libraries()
     prompts, responses = [], []
     for line in open(args.data, encoding="utf-8"):
         row = json.loads(line)

@@ -18,7 +18,7 @@ from rlhfkit.data import (
     Conversation, DataError, Message, load_preferences, load_prompts, load_sft, pair_rows, read_jsonl,
 )
 from rlhfkit.models import load_tokenizer
-from rlhfkit.rollout import encode_prompts, format_prompts
+from rlhfkit.forward import encode_prompts, format_prompts
 from rlhfkit.train.sft import encode_sft_batch
 
 SYSTEM = {"role": "system", "content": "You answer in French."}
@@ -104,7 +104,7 @@ def test_sft_loss_on_every_assistant_turn(tmp_path, tok):
 def test_sft_encoding_of_plain_prompts_is_unchanged(tok):
     """{prompt, completion} strings: the chat prompt left-padded and cut, the completion + EOS, loss on it."""
     from rlhfkit.data import SFTExample
-    from rlhfkit.rollout import encode_responses
+    from rlhfkit.forward import encode_responses
 
     ex = [SFTExample("Hello there friend, how are you doing today my old friend?", "Fine, thanks, and you?"), SFTExample("Hi", "Yo")]
     cfg = sft_cfg(max_prompt_tokens=20, max_completion_tokens=5, system_prompt="Be nice.")

@@ -15,7 +15,8 @@ import torch
 
 from rlhfkit import models
 from rlhfkit.models import LoraSettings, PolicyWithValue, RewardModel, ValueHead, load_causal_lm, load_tokenizer
-from rlhfkit.rollout import GenerationConfig, encode_prompts, sample_batch
+from rlhfkit.forward import encode_prompts
+from rlhfkit.rollout import GenerationConfig, sample_batch
 
 PROMPTS = ["Hi", "Write one sentence about a cat who lives in Paris and eats croissants."]
 
@@ -301,7 +302,7 @@ def test_linears_cast_once_give_autocasts_numbers(tok):
     with fp32 weights (autocast casts them the same way at every call); embeddings stay fp32 and the
     tied LM head gets its own copy."""
     from rlhfkit.models import cast_linears_for_autocast
-    from rlhfkit.rollout import autocast_context
+    from rlhfkit.forward import autocast_context
 
     lm = load_causal_lm("tiny", trainable=False)
     cast = cast_linears_for_autocast(load_causal_lm("tiny", trainable=False))
@@ -319,7 +320,7 @@ def test_reward_shared_prompt_path_equals_full_pass_with_gradients(tok):
     """Several responses per prompt: each distinct prompt runs once and its KV cache serves its
     responses. Scores and gradients equal the plain full pass (an empty response reads the prompt's
     last token)."""
-    from rlhfkit.rollout import encode_prompts, encode_responses
+    from rlhfkit.forward import encode_prompts, encode_responses
 
     rm = _random_head_rm(3).train()
     prompts = ["Review: a quiet film.", "Review: a quiet film.", "Hi", "Review: a quiet film.", "Hi"]

@@ -14,17 +14,8 @@ import torch
 
 from rlhfkit import models
 from rlhfkit.models import PolicyWithValue, load_causal_lm, load_tokenizer
-from rlhfkit.rollout import (
-    GenerationConfig,
-    Rollout,
-    decode_responses,
-    encode_prompts,
-    encode_responses,
-    format_prompts,
-    forward_response,
-    generate,
-    sample_batch,
-)
+from rlhfkit.forward import encode_prompts, encode_responses, format_prompts, forward_response
+from rlhfkit.rollout import GenerationConfig, Rollout, decode_responses, generate, sample_batch
 
 # different lengths on purpose: left padding differs per row
 PROMPTS = [

@@ -3,76 +3,13 @@ its config dataclass (flags override the file); ``--help`` lists every option wi
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import sys
 from pathlib import Path
 
 import click
 import typer
 
 from rlhfkit import config as C
-
-CLICK_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
-
-
-def _quiet_libraries() -> None:
-    """transformers' per-load progress bars drown our own; keep errors."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*")
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-    try:
-        from transformers.utils import logging as tlog
-
-        tlog.disable_progress_bar()
-        tlog.set_verbosity_error()
-    except Exception:
-        pass
-
-
-def dataclass_options(cls) -> list[click.Option]:
-    """One click option per dataclass field, with the field's help text; default None = "not given", so
-    that a YAML file's value is overridden only by flags actually typed."""
-    params = []
-    for f in dataclasses.fields(cls):
-        type_name = str(f.type).replace(" | None", "").strip()
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        text = f.metadata.get("help", "") + (f"  [default: {default}]" if default not in (None, "") else "")
-        if type_name == "bool":
-            params.append(click.Option([f"{flag}/--no-{flag[2:]}", f.name], default=None, help=text))
-        else:
-            params.append(click.Option([flag, f.name], type=CLICK_TYPES.get(type_name, str), default=None, help=text))
-    return params
-
-
-def config_command(cls, run, name: str, help: str) -> click.Command:
-    """A click command with --config and one option per dataclass field."""
-    params = [click.Option(["--config", "config_file"], type=click.Path(exists=True, dir_okay=False),
-                           help="YAML file of options; flags given on the command line override it.")]
-    params += dataclass_options(cls)
-
-    def callback(config_file, **kw):
-        _quiet_libraries()
-        try:
-            cfg = C.load_config(cls, config_file, kw)
-        except (ValueError, TypeError) as e:
-            raise click.UsageError(str(e))
-        _run_reporting_errors(run, cfg)
-
-    return click.Command(name, params=params, callback=callback, help=help)
-
-
-def _run_reporting_errors(run, *args):
-    from rlhfkit.data import DataError
-
-    try:
-        return run(*args)
-    except (DataError, FileNotFoundError, ValueError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+from rlhfkit.cli_options import config_command, quiet_libraries, run_reporting_errors
 
 
 def _sft(cfg):
@@ -128,7 +65,7 @@ app.add_command(config_command(C.PPOConfig, _ppo, "ppo", "Optimise a policy agai
 def generate_cmd(model, prompts_file, out, num_samples, max_new_tokens, temperature, top_p, batch_size, system_prompt,
                  chat_template, seed, bf16):
     """Sample responses for a prompts file."""
-    _quiet_libraries()
+    quiet_libraries()
 
     def run():
         from rlhfkit.data import load_prompts, write_jsonl
@@ -152,7 +89,7 @@ def generate_cmd(model, prompts_file, out, num_samples, max_new_tokens, temperat
         write_jsonl(out, rows)
         click.echo(f"{len(rows)} responses written to {out}")
 
-    _run_reporting_errors(run)
+    run_reporting_errors(run)
 
 
 @app.group("data")
@@ -175,7 +112,7 @@ def data_to_pairs(src, dst):
         write_jsonl(dst, rows)
         click.echo(f"{len(rows)} pairs from {len({p.prompt for p in prefs})} prompts written to {dst}")
 
-    _run_reporting_errors(run)
+    run_reporting_errors(run)
 
 
 def _mount_optional_groups() -> None:

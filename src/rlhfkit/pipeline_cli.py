@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from rlhfkit.cli import _quiet_libraries, _run_reporting_errors, dataclass_options
+from rlhfkit.cli_options import dataclass_options, quiet_libraries, run_reporting_errors
 from rlhfkit.pipeline.config import PRESETS, PipelineConfig, bundled_config_path, preset_overrides
 
 
@@ -51,8 +51,8 @@ def register(app: click.Group) -> None:
     def pipeline(config_file, **kw):
         """Run the RLHF pipeline described by CONFIG_FILE (YAML): SFT, preferences from the simulated
         panel, reward model, PPO, best-of-n, expert iteration, evaluation. Flags override the file."""
-        _quiet_libraries()
-        _run_reporting_errors(_run, _load(config_file, None, kw))
+        quiet_libraries()
+        run_reporting_errors(_run, _load(config_file, None, kw))
 
     @click.command("demo", params=[click.Option(["--preset"], type=click.Choice(list(PRESETS)), default="demo", show_default=True,
                                                 help="demo: SmolLM2-135M (14 min on 2 cores with native bf16, 50 min in fp32 without); smoke: the tiny model (< 2 min).")]
@@ -60,10 +60,10 @@ def register(app: click.Group) -> None:
     def demo(preset, **kw):
         """The pipeline on the bundled config (movie-review continuation, SmolLM2-135M-Instruct), then the
         lecture's comparison table."""
-        _quiet_libraries()
+        quiet_libraries()
         if preset == "smoke" and kw.get("out") is None:
             kw["out"] = "runs/smoke"
-        _run_reporting_errors(_run, _load(str(bundled_config_path()), preset, kw))
+        run_reporting_errors(_run, _load(str(bundled_config_path()), preset, kw))
 
     @click.command("eval")
     @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
@@ -73,7 +73,7 @@ def register(app: click.Group) -> None:
     def eval_cmd(run_dir, human, eval_prompts):
         """Evaluate every method found in RUN_DIR against the initial model: simulated win-rate with its
         standard error, gold and proxy reward, KL to SFT, length; writes winrates.json, samples/, report.md/html."""
-        _quiet_libraries()
+        quiet_libraries()
         import yaml
 
         saved = Path(run_dir) / "pipeline.yaml"
@@ -84,7 +84,7 @@ def register(app: click.Group) -> None:
         if eval_prompts:
             values["eval_prompts"] = eval_prompts
         cfg = PipelineConfig(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(PipelineConfig)}})
-        _run_reporting_errors(_run, cfg)
+        run_reporting_errors(_run, cfg)
 
     app.add_command(pipeline)
     app.add_command(demo)

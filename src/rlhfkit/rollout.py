@@ -1,20 +1,20 @@
-"""Batched, left-padded sampling with a KV cache, and the forward passes that score what was sampled.
+"""Batched, left-padded sampling with a KV cache.
 
 ``generate(model, tokenizer, prompts, cfg)`` returns a ``Rollout``: prompt and response token ids, the
 response mask built from generated lengths (correct when pad == EOS, as in SmolLM2), and the log-probs
 of the sampled tokens at the sampling temperature. Finished rows leave the batch (and the KV cache) as
-soon as they emit EOS, so a batch costs what its live rows cost.
+soon as they emit EOS, so a batch costs what its live rows cost. Encoding and the forward passes that
+score what was sampled are in ``rlhfkit.forward``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 
 import torch
 
-from rlhfkit import ops
+from rlhfkit.forward import autocast_context, encode_prompts, pad_to, prefill_distinct
 
 
 @dataclass
@@ -71,74 +71,6 @@ class Rollout:
         )
 
 
-def uses_chat_template(tokenizer, chat_template: str = "auto") -> bool:
-    """``auto``: the chat template when the tokenizer has one; ``never``: raw text (as TRL reads a plain
-    string prompt)."""
-    from rlhfkit.data import check_chat_template
-
-    return check_chat_template(chat_template) == "auto" and bool(getattr(tokenizer, "chat_template", None))
-
-
-def prompt_format(tokenizer, chat_template: str = "auto") -> str:
-    """What a run records about its prompts: "chat template" or "raw text"."""
-    return "chat template" if uses_chat_template(tokenizer, chat_template) else "raw text"
-
-
-def format_prompts(tokenizer, prompts: list, system_prompt: str | None = None, chat_template: str = "auto") -> list[str]:
-    """The text the model sees for each prompt: a string becomes one user turn of the chat template (or
-    stays raw text, see ``uses_chat_template``); a Conversation is templated whole. ``system_prompt``
-    (None: the template's default) is inserted only where the prompt has no system message of its own."""
-    from rlhfkit.data import Conversation
-
-    templated = uses_chat_template(tokenizer, chat_template)
-    out = []
-    for p in prompts:
-        if isinstance(p, Conversation):
-            if not templated:
-                why = "chat_template is 'never'" if chat_template == "never" else "the tokenizer has no chat template"
-                raise ValueError(f"a conversation prompt needs a chat template, but {why}")
-            messages = p.to_messages()
-        elif not templated:
-            out.append(p)
-            continue
-        else:
-            messages = [{"role": "user", "content": p}]
-        if system_prompt is not None and not any(m["role"] == "system" for m in messages):
-            messages.insert(0, {"role": "system", "content": system_prompt})
-        out.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-    return out
-
-
-def encode_prompts(tokenizer, prompts: list, system_prompt: str | None = None, device="cpu", chat_template: str = "auto"):
-    """Format (``format_prompts``) and left-pad prompts. Returns (ids (B, P), mask (B, P))."""
-    texts = format_prompts(tokenizer, prompts, system_prompt, chat_template)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
-
-
-def encode_responses(tokenizer, responses: list[str], add_eos: bool = True, max_tokens: int | None = None, device="cpu"):
-    """Right-pad response texts (an EOS appended, as the model would have emitted). Returns (ids, mask)."""
-    eos = tokenizer.eos_token_id
-    rows = []
-    for r in responses:
-        ids = tokenizer(r, add_special_tokens=False)["input_ids"]
-        if max_tokens is not None:
-            ids = ids[: max_tokens - (1 if add_eos else 0)]
-        rows.append(ids + ([eos] if add_eos else []))
-    T = max(1, max(len(r) for r in rows))
-    ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids.to(device), mask.to(device)
-
-
 def _sample_token(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None):
     """logits: (N, V) -> (tokens (N,), log-probs at the sampling temperature (N,))."""
     logits = logits.float()
@@ -169,63 +101,6 @@ def _sample_token(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.
     u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64).to(probs.device) * cdf[:, -1:]
     tok = torch.searchsorted(cdf, u).squeeze(-1).clamp(max=probs.shape[-1] - 1)
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
-
-
-def autocast_context(device: torch.device | str, bf16: bool):
-    """bf16 autocast where asked; whether to ask is ``rlhfkit.precision``'s decision (bf16 is fast only on
-    devices that compute it natively)."""
-    if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-
-
-# run a prompt that several rows repeat once (off only to measure what it saves: bench/generate.py --no-share)
-SHARE_REPEATED_PROMPTS = True
-
-
-def distinct_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
-    """Rows that repeat a prompt (n samples of one prompt, K responses to rank): ``(first, inverse)``
-    with ``prompt_ids[first][inverse] == prompt_ids``, or None when every row is distinct."""
-    if not SHARE_REPEATED_PROMPTS:
-        return None
-    key = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1)
-    _, inverse = torch.unique(key, dim=0, return_inverse=True)
-    n = int(inverse.max().item()) + 1 if len(inverse) else 0
-    if n == len(key):
-        return None
-    rows = torch.arange(len(key), device=key.device)
-    first = torch.full((n,), len(key), dtype=torch.long, device=key.device).scatter_reduce(0, inverse, rows, "amin")
-    return first, inverse
-
-
-def prefill_distinct(model, prompt_ids, prompt_mask, groups=None, **kwargs):
-    """Run each distinct prompt once with a KV cache, then copy its cache rows to every row that repeats
-    it. The prompt is most of a row's tokens here (a 78-token chat prompt, ~35 response tokens), so n
-    samples of one prompt cost one prompt pass instead of n. ``model`` is a causal LM (returns
-    ``(cache, logits)``) or a bare backbone (returns ``(cache, last_hidden_state)``). Positions come
-    from the mask (left padding). ``groups``: ``distinct_rows``' answer, when the caller already has it."""
-    groups = groups if groups is not None else distinct_rows(prompt_ids, prompt_mask)
-    if groups is not None:
-        first, inverse = groups
-        prompt_ids, prompt_mask = prompt_ids[first], prompt_mask[first]
-    attn = prompt_mask.long()
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, use_cache=True, **kwargs)
-    rows = out.logits if hasattr(out, "logits") else out.last_hidden_state
-    cache = out.past_key_values
-    if groups is not None:
-        cache.batch_select_indices(inverse)
-        rows = rows[inverse]
-    return cache, rows
-
-
-def continue_from_cache(model, cache, prompt_mask, ids, mask, **kwargs):
-    """Forward ``ids`` (right-padded, (B, T)) after the cached left-padded prompts: positions continue
-    from each row's real prompt length."""
-    T = ids.shape[1]
-    attn = torch.cat([prompt_mask.long(), mask.long()], dim=1)
-    pos = prompt_mask.long().sum(1, keepdim=True) + torch.arange(T, device=ids.device)
-    return model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, **kwargs)
 
 
 @torch.no_grad()
@@ -312,63 +187,15 @@ def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig, *, see
     return ro
 
 
-def _pad_to(x: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
-    if x.shape[1] == width:
-        return x
-    pad = x.new_full((x.shape[0], width - x.shape[1]), value)
-    return torch.cat([pad, x] if left else [x, pad], dim=1)
-
-
 def concat_rollouts(parts, pad_id: int) -> Rollout:
     P = max(p[1].shape[1] for p in parts)
     T = max(p[3].shape[1] for p in parts)
     return Rollout(
         prompts=[s for p in parts for s in p[0]],
-        prompt_ids=torch.cat([_pad_to(p[1], P, pad_id, True) for p in parts]),
-        prompt_mask=torch.cat([_pad_to(p[2], P, 0, True) for p in parts]),
-        response_ids=torch.cat([_pad_to(p[3], T, pad_id, False) for p in parts]),
-        response_mask=torch.cat([_pad_to(p[4], T, 0, False) for p in parts]),
-        logprobs=torch.cat([_pad_to(p[5], T, 0.0, False) for p in parts]),
+        prompt_ids=torch.cat([pad_to(p[1], P, pad_id, True) for p in parts]),
+        prompt_mask=torch.cat([pad_to(p[2], P, 0, True) for p in parts]),
+        response_ids=torch.cat([pad_to(p[3], T, pad_id, False) for p in parts]),
+        response_mask=torch.cat([pad_to(p[4], T, 0, False) for p in parts]),
+        logprobs=torch.cat([pad_to(p[5], T, 0.0, False) for p in parts]),
         ended=torch.cat([p[6] for p in parts]),
     )
-
-
-def forward_response(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float = 1.0,
-                     with_values: bool = False, with_entropy: bool = False, share_prompts: bool = False):
-    """Per-token log-probs of the response under ``model`` (and values when it is a PolicyWithValue).
-
-    Only the response positions' logits are computed (``logits_to_keep``): the LM head is a large part
-    of a small model's cost and the prompt's logits are never used. Returns a dict with ``logprobs``
-    (B, T), optionally ``values`` (B, T) and ``entropy`` (B, T). ``share_prompts``: run each distinct
-    prompt once (for several responses to one prompt; no values).
-    """
-    T = response_ids.shape[1]
-    groups = distinct_rows(prompt_ids, prompt_mask) if share_prompts and not with_values else None
-    if groups is not None:
-        cache, last = prefill_distinct(model, prompt_ids, prompt_mask, groups, logits_to_keep=1)
-        rest = continue_from_cache(model, cache, prompt_mask, response_ids[:, :-1], response_mask[:, :-1]).logits if T > 1 else last[:, :0]
-        logits = torch.cat([last, rest], dim=1)
-        out = {"logprobs": ops.token_logprobs(logits, response_ids, temperature=temperature)}
-        if with_entropy:
-            with torch.no_grad():
-                out["entropy"] = ops.entropy_from_logits(logits.detach().float() / temperature)
-        return out
-    ids = torch.cat([prompt_ids, response_ids], dim=1)
-    attn = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)
-    if with_values:
-        logits, values = model(ids, attn, logits_to_keep=T + 1)
-    else:
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1,
-                       use_cache=False).logits
-        values = None
-    # logits at position i predict token i+1: the T+1 kept positions are the last prompt token and the
-    # response tokens; the first T of them predict the T response tokens
-    logits = logits[:, :-1]
-    out = {"logprobs": ops.token_logprobs(logits, response_ids, temperature=temperature)}
-    if values is not None:
-        out["values"] = values[:, :-1]
-    if with_entropy:
-        with torch.no_grad():
-            out["entropy"] = ops.entropy_from_logits(logits.detach().float() / temperature)
-    return out

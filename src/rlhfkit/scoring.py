@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from rlhfkit.models import RewardModel, load_tokenizer
-from rlhfkit.rollout import autocast_context, encode_prompts, encode_responses
+from rlhfkit.forward import autocast_context, encode_prompts, encode_responses
 
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]
 

@@ -94,7 +94,7 @@ class InitialModelFluency:
     @torch.no_grad()
     def __call__(self, openings, responses) -> np.ndarray:
         from rlhfkit.models import load_tokenizer
-        from rlhfkit.rollout import autocast_context, encode_prompts, encode_responses, forward_response
+        from rlhfkit.forward import autocast_context, encode_prompts, encode_responses, forward_response
 
         keys = list(zip(openings, responses))
         todo = sorted({k for k in keys if k not in self._memo and k[1].strip()})  # grouped by opening
@@ -346,7 +346,7 @@ def reference_logprobs(model, rollouts: list, temperature: float, bf16: bool, ba
     the same prompts in the same order, so each batch holds a few prompts with every rollout's answer to
     them, and each prompt runs once for all of them."""
     from rlhfkit import ops
-    from rlhfkit.rollout import _pad_to, autocast_context, forward_response
+    from rlhfkit.forward import autocast_context, forward_response, pad_to
 
     if not rollouts:
         return []
@@ -354,8 +354,8 @@ def reference_logprobs(model, rollouts: list, temperature: float, bf16: bool, ba
         return [reference_logprobs(model, [ro], temperature, bf16, batch_prompts)[0] for ro in rollouts]
     B, k = len(rollouts[0]), len(rollouts)
     T = max(ro.response_ids.shape[1] for ro in rollouts)
-    r_ids = torch.stack([_pad_to(ro.response_ids, T, 0, False) for ro in rollouts], 1).flatten(0, 1)  # (B*k, T)
-    r_mask = torch.stack([_pad_to(ro.response_mask, T, 0, False) for ro in rollouts], 1).flatten(0, 1)
+    r_ids = torch.stack([pad_to(ro.response_ids, T, 0, False) for ro in rollouts], 1).flatten(0, 1)  # (B*k, T)
+    r_mask = torch.stack([pad_to(ro.response_mask, T, 0, False) for ro in rollouts], 1).flatten(0, 1)
     p_ids = rollouts[0].prompt_ids.repeat_interleave(k, 0)
     p_mask = rollouts[0].prompt_mask.repeat_interleave(k, 0)
     out = []

@@ -22,8 +22,9 @@ from safetensors.torch import load_file, save_file
 from rlhfkit import ops
 from rlhfkit.config import PPOConfig
 from rlhfkit.data import load_prompts
+from rlhfkit.forward import autocast_context, forward_response, prompt_format
 from rlhfkit.models import PolicyWithValue, is_peft, load_causal_lm, load_tokenizer
-from rlhfkit.rollout import GenerationConfig, Rollout, autocast_context, forward_response, generate, prompt_format
+from rlhfkit.rollout import GenerationConfig, Rollout, generate
 from rlhfkit.scoring import RewardFn, as_scores, load_reward_fn
 from rlhfkit.train.common import (
     Batches, MetricsLog, Timer, latest_checkpoint, load_trainer_state, lora_settings, make_accelerator,

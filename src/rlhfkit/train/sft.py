@@ -11,7 +11,7 @@ from rlhfkit import ops
 from rlhfkit.config import SFTConfig
 from rlhfkit.data import Conversation, Message, SFTExample, load_sft
 from rlhfkit.models import is_peft, load_causal_lm, load_tokenizer
-from rlhfkit.rollout import format_prompts, forward_response, prompt_format
+from rlhfkit.forward import format_prompts, forward_response, prompt_format
 from rlhfkit.train.common import (
     Batches, MetricsLog, Timer, latest_checkpoint, restore_trainer_state, lora_settings, make_accelerator,
     make_optimizer, progress_bar, rng_state, save_trainer_state, seed_everything, write_run_info,

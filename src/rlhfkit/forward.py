@@ -1,0 +1,189 @@
+"""Encoding prompts and responses, and running a model forward over them: what sampling, scoring and
+training share.
+
+Prompts are left-padded and responses right-padded, so that a prompt's last token and a response's
+first sit side by side in every row and positions come from the attention mask. ``forward_response``
+computes the per-token log-probs (and values, entropy) of given responses, each distinct prompt run
+once when several rows repeat it (``distinct_rows``, ``prefill_distinct``, ``continue_from_cache``).
+Sampling itself lives in ``rlhfkit.rollout``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from rlhfkit import ops
+from rlhfkit.data import Conversation, check_chat_template
+
+
+def uses_chat_template(tokenizer, chat_template: str = "auto") -> bool:
+    """``auto``: the chat template when the tokenizer has one; ``never``: raw text (as TRL reads a plain
+    string prompt)."""
+    return check_chat_template(chat_template) == "auto" and bool(getattr(tokenizer, "chat_template", None))
+
+
+def prompt_format(tokenizer, chat_template: str = "auto") -> str:
+    """What a run records about its prompts: "chat template" or "raw text"."""
+    return "chat template" if uses_chat_template(tokenizer, chat_template) else "raw text"
+
+
+def format_prompts(tokenizer, prompts: list, system_prompt: str | None = None, chat_template: str = "auto") -> list[str]:
+    """The text the model sees for each prompt: a string becomes one user turn of the chat template (or
+    stays raw text, see ``uses_chat_template``); a Conversation is templated whole. ``system_prompt``
+    (None: the template's default) is inserted only where the prompt has no system message of its own."""
+    templated = uses_chat_template(tokenizer, chat_template)
+    out = []
+    for p in prompts:
+        if isinstance(p, Conversation):
+            if not templated:
+                why = "chat_template is 'never'" if chat_template == "never" else "the tokenizer has no chat template"
+                raise ValueError(f"a conversation prompt needs a chat template, but {why}")
+            messages = p.to_messages()
+        elif not templated:
+            out.append(p)
+            continue
+        else:
+            messages = [{"role": "user", "content": p}]
+        if system_prompt is not None and not any(m["role"] == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        out.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+    return out
+
+
+def encode_prompts(tokenizer, prompts: list, system_prompt: str | None = None, device="cpu", chat_template: str = "auto"):
+    """Format (``format_prompts``) and left-pad prompts. Returns (ids (B, P), mask (B, P))."""
+    texts = format_prompts(tokenizer, prompts, system_prompt, chat_template)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def encode_responses(tokenizer, responses: list[str], add_eos: bool = True, max_tokens: int | None = None, device="cpu"):
+    """Right-pad response texts (an EOS appended, as the model would have emitted). Returns (ids, mask)."""
+    eos = tokenizer.eos_token_id
+    rows = []
+    for r in responses:
+        ids = tokenizer(r, add_special_tokens=False)["input_ids"]
+        if max_tokens is not None:
+            ids = ids[: max_tokens - (1 if add_eos else 0)]
+        rows.append(ids + ([eos] if add_eos else []))
+    T = max(1, max(len(r) for r in rows))
+    ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def pad_to(x: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
+    """Pad the rows of ``x`` (N, W) with ``value`` to ``width`` columns, on the left (prompts) or the right
+    (responses)."""
+    if x.shape[1] == width:
+        return x
+    pad = x.new_full((x.shape[0], width - x.shape[1]), value)
+    return torch.cat([pad, x] if left else [x, pad], dim=1)
+
+
+def autocast_context(device: torch.device | str, bf16: bool):
+    """bf16 autocast where asked; whether to ask is ``rlhfkit.precision``'s decision (bf16 is fast only on
+    devices that compute it natively)."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+# run a prompt that several rows repeat once (off only to measure what it saves: bench/generate.py --no-share)
+SHARE_REPEATED_PROMPTS = True
+
+
+def distinct_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+    """Rows that repeat a prompt (n samples of one prompt, K responses to rank): ``(first, inverse)``
+    with ``prompt_ids[first][inverse] == prompt_ids``, or None when every row is distinct."""
+    if not SHARE_REPEATED_PROMPTS:
+        return None
+    key = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    n = int(inverse.max().item()) + 1 if len(inverse) else 0
+    if n == len(key):
+        return None
+    rows = torch.arange(len(key), device=key.device)
+    first = torch.full((n,), len(key), dtype=torch.long, device=key.device).scatter_reduce(0, inverse, rows, "amin")
+    return first, inverse
+
+
+def prefill_distinct(model, prompt_ids, prompt_mask, groups=None, **kwargs):
+    """Run each distinct prompt once with a KV cache, then copy its cache rows to every row that repeats
+    it. The prompt is most of a row's tokens here (a 78-token chat prompt, ~35 response tokens), so n
+    samples of one prompt cost one prompt pass instead of n. ``model`` is a causal LM (returns
+    ``(cache, logits)``) or a bare backbone (returns ``(cache, last_hidden_state)``). Positions come
+    from the mask (left padding). ``groups``: ``distinct_rows``' answer, when the caller already has it."""
+    groups = groups if groups is not None else distinct_rows(prompt_ids, prompt_mask)
+    if groups is not None:
+        first, inverse = groups
+        prompt_ids, prompt_mask = prompt_ids[first], prompt_mask[first]
+    attn = prompt_mask.long()
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, use_cache=True, **kwargs)
+    rows = out.logits if hasattr(out, "logits") else out.last_hidden_state
+    cache = out.past_key_values
+    if groups is not None:
+        cache.batch_select_indices(inverse)
+        rows = rows[inverse]
+    return cache, rows
+
+
+def continue_from_cache(model, cache, prompt_mask, ids, mask, **kwargs):
+    """Forward ``ids`` (right-padded, (B, T)) after the cached left-padded prompts: positions continue
+    from each row's real prompt length."""
+    T = ids.shape[1]
+    attn = torch.cat([prompt_mask.long(), mask.long()], dim=1)
+    pos = prompt_mask.long().sum(1, keepdim=True) + torch.arange(T, device=ids.device)
+    return model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, **kwargs)
+
+
+def forward_response(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float = 1.0,
+                     with_values: bool = False, with_entropy: bool = False, share_prompts: bool = False):
+    """Per-token log-probs of the response under ``model`` (and values when it is a PolicyWithValue).
+
+    Only the response positions' logits are computed (``logits_to_keep``): the LM head is a large part
+    of a small model's cost and the prompt's logits are never used. Returns a dict with ``logprobs``
+    (B, T), optionally ``values`` (B, T) and ``entropy`` (B, T). ``share_prompts``: run each distinct
+    prompt once (for several responses to one prompt; no values).
+    """
+    T = response_ids.shape[1]
+    groups = distinct_rows(prompt_ids, prompt_mask) if share_prompts and not with_values else None
+    if groups is not None:
+        cache, last = prefill_distinct(model, prompt_ids, prompt_mask, groups, logits_to_keep=1)
+        rest = continue_from_cache(model, cache, prompt_mask, response_ids[:, :-1], response_mask[:, :-1]).logits if T > 1 else last[:, :0]
+        logits = torch.cat([last, rest], dim=1)
+        out = {"logprobs": ops.token_logprobs(logits, response_ids, temperature=temperature)}
+        if with_entropy:
+            with torch.no_grad():
+                out["entropy"] = ops.entropy_from_logits(logits.detach().float() / temperature)
+        return out
+    ids = torch.cat([prompt_ids, response_ids], dim=1)
+    attn = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)
+    if with_values:
+        logits, values = model(ids, attn, logits_to_keep=T + 1)
+    else:
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1,
+                       use_cache=False).logits
+        values = None
+    # logits at position i predict token i+1: the T+1 kept positions are the last prompt token and the
+    # response tokens; the first T of them predict the T response tokens
+    logits = logits[:, :-1]
+    out = {"logprobs": ops.token_logprobs(logits, response_ids, temperature=temperature)}
+    if values is not None:
+        out["values"] = values[:, :-1]
+    if with_entropy:
+        with torch.no_grad():
+            out["entropy"] = ops.entropy_from_logits(logits.detach().float() / temperature)
+    return out
