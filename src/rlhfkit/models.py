@@ -281,6 +281,13 @@ def load_causal_lm(name: str | os.PathLike, *, lora: LoraSettings | None = None,
     return model
 
 
+def load_frozen_lm(name: str | os.PathLike, bf16: bool) -> nn.Module:
+    """A causal LM for sampling and scoring only, on the default device; with bf16, its linear weights are
+    cast once (the same numbers as autocast, without a weight copy per decoding step)."""
+    lm = load_causal_lm(name, trainable=False).to(default_device())
+    return cast_linears_for_autocast(lm) if bf16 else lm
+
+
 def _add_lora(model: nn.Module, lora: LoraSettings, base_path: Path) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 

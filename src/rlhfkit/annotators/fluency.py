@@ -2,7 +2,9 @@
 
 ``ModelFluency(model, tokenizer)`` is a ``fluency_fn(prompts, responses) -> np.ndarray`` for
 ``rlhfkit.annotators.Panel``. Pass the frozen *initial* policy (not the one being trained),
-so that RL cannot raise its own fluency score.
+so that RL cannot raise its own fluency score. ``InitialModelFluency(model_name, format_prompt,
+bf16)`` is the pipeline's: it loads the initial model itself on first use and runs the batched,
+shared-prefix forward of ``rlhfkit.forward``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["ModelFluency"]
+__all__ = ["ModelFluency", "InitialModelFluency"]
 
 
 class ModelFluency:
@@ -98,3 +100,36 @@ class ModelFluency:
         finally:
             self.model.train(was_training)
         return out
+
+
+class InitialModelFluency:
+    """Mean log p(response tokens | chat-framed opening) under the frozen initial model (the panel's
+    fluency feature), computed with our batched forward: response-only logits, bf16 when asked, each
+    distinct opening run once for all its responses, and every (opening, response) scored once per run
+    (the evaluation asks for the reference's and each method's fluency several times)."""
+
+    def __init__(self, model: str, format_prompt, bf16: bool, batch_size: int = 64):
+        self.model_name, self.format_prompt, self.bf16, self.batch_size = model, format_prompt, bf16, batch_size
+        self._lm = self._tok = None
+        self._memo: dict[tuple[str, str], float] = {}
+
+    @torch.no_grad()
+    def __call__(self, openings, responses) -> np.ndarray:
+        from rlhfkit.models import load_frozen_lm, load_tokenizer
+        from rlhfkit.forward import autocast_context, encode_prompts, encode_responses, forward_response
+
+        keys = list(zip(openings, responses))
+        todo = sorted({k for k in keys if k not in self._memo and k[1].strip()})  # grouped by opening
+        if todo and self._lm is None:
+            self._tok = load_tokenizer(self.model_name)
+            self._lm = load_frozen_lm(self.model_name, self.bf16).eval()
+        for s in range(0, len(todo), self.batch_size):
+            chunk = todo[s : s + self.batch_size]
+            device = next(self._lm.parameters()).device
+            p_ids, p_mask = encode_prompts(self._tok, [self.format_prompt(o) for o, _ in chunk], device=device)
+            r_ids, r_mask = encode_responses(self._tok, [r for _, r in chunk], add_eos=False, max_tokens=128, device=device)
+            with autocast_context(device, self.bf16):
+                lp = forward_response(self._lm, p_ids, p_mask, r_ids, r_mask, share_prompts=True)["logprobs"].float()
+            mean = (lp * r_mask).sum(1) / r_mask.sum(1).clamp(min=1)
+            self._memo.update(zip(chunk, mean.double().tolist()))
+        return np.array([self._memo.get(k, np.nan) for k in keys], dtype=float)

@@ -30,7 +30,7 @@ from rlhfkit.pipeline.seeds import stream_seed
 
 
 class Context:
-    """What the stages share: config, run dir, the task, and lazily the panel and the initial model."""
+    """What the stages share: config, run dir, the task, and lazily the task's judge."""
 
     def __init__(self, cfg: PipelineConfig, progress: bool = True):
         from rlhfkit.precision import resolve_bf16
@@ -42,10 +42,10 @@ class Context:
         self.run = Path(cfg.out)
         self.run.mkdir(parents=True, exist_ok=True)
         self.task = load_task(cfg.task)
-        self._panel = None
+        self._judge = None
         self._opening: dict[str, str] = {}
 
-    # prompts: the policy sees the task's framing of an opening; the panel judges the opening itself
+    # prompts: the policy sees the task's framing of an opening; the judge judges the opening itself
     def frame(self, openings: list[str]) -> list[str]:
         out = []
         for o in openings:
@@ -62,64 +62,19 @@ class Context:
         return rows[start : start + n] if n else rows[start:]
 
     @property
-    def panel(self):
-        """The simulated annotator panel; fluency under the frozen initial model (so gibberish and
-        shuffled words cannot win on sentiment alone)."""
-        if self._panel is None:
-            from rlhfkit.annotators import default_panel
-
-            self._panel = default_panel(fluency_fn=InitialModelFluency(self.cfg.model, self.task.format_prompt, self.cfg.bf16),
-                                        seed=self.cfg.seed)
-        return self._panel
+    def judge(self):
+        """The task's judge (``rlhfkit.tasks.Judge``), built on first use: it may load the initial model
+        (the movie-review panel scores fluency under it)."""
+        if self._judge is None:
+            self._judge = self.task.make_judge(self.cfg.model, self.cfg.bf16, self.cfg.seed)
+        return self._judge
 
     def gold(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        return torch.as_tensor(self.panel.gold_reward(self.openings_of(prompts), responses), dtype=torch.float32)
+        return torch.as_tensor(self.judge.gold_reward(self.openings_of(prompts), responses), dtype=torch.float32)
 
     @property
     def mp(self) -> str:
         return "bf16" if self.cfg.bf16 else "no"
-
-
-class InitialModelFluency:
-    """Mean log p(response tokens | chat-framed opening) under the frozen initial model (the panel's
-    fluency feature), computed with our batched forward: response-only logits, bf16 when asked, each
-    distinct opening run once for all its responses, and every (opening, response) scored once per run
-    (the evaluation asks for the reference's and each method's fluency several times)."""
-
-    def __init__(self, model: str, format_prompt, bf16: bool, batch_size: int = 64):
-        self.model_name, self.format_prompt, self.bf16, self.batch_size = model, format_prompt, bf16, batch_size
-        self._lm = self._tok = None
-        self._memo: dict[tuple[str, str], float] = {}
-
-    @torch.no_grad()
-    def __call__(self, openings, responses) -> np.ndarray:
-        from rlhfkit.models import load_tokenizer
-        from rlhfkit.forward import autocast_context, encode_prompts, encode_responses, forward_response
-
-        keys = list(zip(openings, responses))
-        todo = sorted({k for k in keys if k not in self._memo and k[1].strip()})  # grouped by opening
-        if todo and self._lm is None:
-            self._tok = load_tokenizer(self.model_name)
-            self._lm = load_frozen_lm(self.model_name, self.bf16).eval()
-        for s in range(0, len(todo), self.batch_size):
-            chunk = todo[s : s + self.batch_size]
-            device = next(self._lm.parameters()).device
-            p_ids, p_mask = encode_prompts(self._tok, [self.format_prompt(o) for o, _ in chunk], device=device)
-            r_ids, r_mask = encode_responses(self._tok, [r for _, r in chunk], add_eos=False, max_tokens=128, device=device)
-            with autocast_context(device, self.bf16):
-                lp = forward_response(self._lm, p_ids, p_mask, r_ids, r_mask, share_prompts=True)["logprobs"].float()
-            mean = (lp * r_mask).sum(1) / r_mask.sum(1).clamp(min=1)
-            self._memo.update(zip(chunk, mean.double().tolist()))
-        return np.array([self._memo.get(k, np.nan) for k in keys], dtype=float)
-
-
-def load_frozen_lm(path, bf16: bool):
-    """A causal LM for sampling and scoring only, on the default device; with bf16, its linear weights are
-    cast once (the same numbers as autocast, without a weight copy per decoding step)."""
-    from rlhfkit.models import cast_linears_for_autocast, default_device, load_causal_lm
-
-    lm = load_causal_lm(path, trainable=False).to(default_device())
-    return cast_linears_for_autocast(lm) if bf16 else lm
 
 
 def _gen_cfg(ctx: Context, temperature: float):
@@ -132,7 +87,7 @@ def _gen_cfg(ctx: Context, temperature: float):
 
 def sample(ctx: Context, model_path, prompts: list[str], n: int, temperature: float, seed: int, label: str, lm=None):
     """n responses per prompt (grouped: prompt i's are rows i*n .. i*n+n-1). Returns the Rollout."""
-    from rlhfkit.models import load_tokenizer
+    from rlhfkit.models import load_frozen_lm, load_tokenizer
     from rlhfkit.rollout import generate
     from rlhfkit.train.common import progress_bar
 
@@ -189,14 +144,14 @@ def stage_preferences(ctx: Context) -> Path:
         groups.append([items[j][0] for j in order])
         group_sources.append([items[j][1] for j in order])
     same_draws = copy.deepcopy(rng)  # the same annotators and Gumbel noise, without the label noise
-    rankings = ctx.panel.rank(openings, groups, flip_prob=c.flip_prob, rng=rng)
+    rankings = ctx.judge.rank(openings, groups, flip_prob=c.flip_prob, rng=rng)
     rows = [{"prompt": p, "responses": g, "ranking": r, "sources": s, "annotator": "simulated-panel",
              "flip_prob": c.flip_prob} for p, g, r, s in zip(prompts, groups, rankings, group_sources)]
     out = write_jsonl(ctx.run / "prefs" / "rankings.jsonl", rows)
     # the panel's agreement on pairs of these samples (first two responses of each prompt)
-    report = ctx.panel.agreement_report(openings, [g[0] for g in groups], [g[1] for g in groups], rng=np.random.default_rng(c.seed + 3))
-    clean = ctx.panel.rank(openings, groups, flip_prob=0.0, rng=same_draws)
-    report["label_noise"] = label_noise_report(ctx.panel, openings, groups, rankings, clean, c.flip_prob)
+    report = ctx.judge.agreement_report(openings, [g[0] for g in groups], [g[1] for g in groups], rng=np.random.default_rng(c.seed + 3))
+    clean = ctx.judge.rank(openings, groups, flip_prob=0.0, rng=same_draws)
+    report["label_noise"] = label_noise_report(ctx.judge, openings, groups, rankings, clean, c.flip_prob)
     (ctx.run / "prefs" / "agreement.json").write_text(json.dumps(report, indent=2) + "\n")
     return out
 
@@ -394,6 +349,7 @@ def stage_eval(ctx: Context) -> dict:
     estimated on the method's own samples at the eval temperature: mean of log pi_M(y|x) -
     log pi_SFT(y|x); for best-of-n, the analytic log n - (n-1)/n."""
     from rlhfkit.eval import build_winrates, write_report
+    from rlhfkit.models import load_frozen_lm
 
     c = ctx.cfg
     openings = ctx.split("eval", c.eval_prompts)
@@ -439,14 +395,14 @@ def stage_eval(ctx: Context) -> dict:
     flat = sorted(((m, r) for m in responses for r in range(len(responses[m]))), key=lambda t: where[t[0]][t[1]][0])
     flat_r = [responses[m][r] for m, r in flat]
     flat_i = [where[m][r][0] for m, r in flat]
-    gold_flat = np.asarray(ctx.panel.gold_reward([openings[i] for i in flat_i], flat_r))
+    gold_flat = np.asarray(ctx.judge.gold_reward([openings[i] for i in flat_i], flat_r))
     proxy_flat = scorer([prompts[i] for i in flat_i], flat_r).tolist() if scorer is not None else [None] * len(flat)
     position = {t: j for j, t in enumerate(flat)}
     for name, resp in responses.items():
         at = [position[(name, r)] for r in range(len(resp))]
         opening = [openings[i] for i, _ in where[name]]
         ref = [reference[ij] for ij in where[name]]
-        outcome = ctx.panel.compare(opening, resp, ref, noise=False)
+        outcome = ctx.judge.compare(opening, resp, ref, noise=False)
         write_jsonl(samples_dir / f"{name}.jsonl", [
             {"prompt": o, "sample": ij[1], "response": r, "gold": float(gold_flat[j]), "proxy": proxy_flat[j], "kl": float(k),
              "length": len(r.split()), "outcome": float(w), "reference_response": rr}
