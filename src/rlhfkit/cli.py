@@ -36,6 +36,24 @@ def _ppo(cfg):
     click.echo(f"PPO policy written to {train_ppo(cfg)}")
 
 
+def _best_of_n(cfg):
+    import json
+
+    from rlhfkit.train.best_of_n import run_best_of_n
+
+    out = run_best_of_n(cfg)
+    s = json.loads((out.parent / "summary.json").read_text())
+    click.echo(f"best-of-{s['n']} on {s['prompts']} prompts: mean picked score {s['picked_score']:.3f}, "
+               f"{100 * s['picked_ended']:.0f}% of picks ended with EOS; KL to the sampler <= {s['kl_bound']:.2f} nats")
+    click.echo(f"picked responses written to {out}")
+
+
+def _expert_iteration(cfg):
+    from rlhfkit.train.expert_iteration import run_expert_iteration
+
+    click.echo(f"expert-iteration policy written to {run_expert_iteration(cfg)}")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="rlhfkit")
 def app():
@@ -46,6 +64,10 @@ def app():
 app.add_command(config_command(C.SFTConfig, _sft, "sft", "Supervised fine-tuning on demonstrations (loss on response tokens only)."))
 app.add_command(config_command(C.RewardConfig, _reward, "reward", "Train a Bradley-Terry reward model on preference pairs and rankings."))
 app.add_command(config_command(C.PPOConfig, _ppo, "ppo", "Optimise a policy against a reward with PPO and a per-token KL penalty."))
+app.add_command(config_command(C.BestOfNConfig, _best_of_n, "best-of-n",
+                               "Sample n responses per prompt and keep the one the reward scores highest (no training)."))
+app.add_command(config_command(C.ExpertIterationConfig, _expert_iteration, "expert-iteration",
+                               "Best-of-n on fresh prompts, SFT on the winners, repeated for a number of rounds."))
 
 
 @app.command("generate")

@@ -19,18 +19,26 @@ def opt(default: Any, help: str, **kw):
 
 
 @dataclass
-class CommonConfig:
+class RunConfig:
+    """What every command shares: where it writes, its seed, its arithmetic and how prompts reach the model."""
+
     out: str = opt("runs/run", "Run directory: checkpoints, metrics.jsonl and the final model go here.")
     seed: int = opt(0, "Seed for data order, initialisation and sampling.")
     mixed_precision: str = opt("auto", "'auto', 'no' (fp32), 'bf16' or 'fp16' (through accelerate). auto: bf16 where the device computes it natively (CPUs with AVX-512 BF16 or AMX, GPUs that support it), fp32 elsewhere; bf16 on a CPU without it runs many times slower than fp32.")
-    save_every: int = opt(0, "Write a checkpoint every N optimiser steps (0: only at the end).")
-    resume: str | None = opt(None, "Continue the run in this run directory from its last checkpoint.")
     system_prompt: str | None = opt(None, "System message for chat-templated prompts that have none of their own (None: the template's default).")
     chat_template: str = opt("auto", "How a plain-string prompt reaches the model: 'auto' wraps it as the user turn of the tokenizer's chat template (when it has one); 'never' feeds it as raw text, as TRL does (conversations then are an error).")
+    threads: int = opt(0, "torch intra-op threads (0: torch's default).")
+
+
+@dataclass
+class CommonConfig(RunConfig):
+    """What every gradient-based trainer adds: checkpoints, resume, LoRA."""
+
+    save_every: int = opt(0, "Write a checkpoint every N optimiser steps (0: only at the end).")
+    resume: str | None = opt(None, "Continue the run in this run directory from its last checkpoint.")
     lora_r: int = opt(0, "LoRA rank (0: train all parameters). With LoRA the reference model is the same network with adapters disabled.")
     lora_alpha: int = opt(32, "LoRA alpha.")
     lora_targets: str = opt("q_proj,k_proj,v_proj,o_proj", "Comma-separated module names that get LoRA adapters.")
-    threads: int = opt(0, "torch intra-op threads (0: torch's default).")
 
 
 @dataclass
@@ -104,6 +112,32 @@ class PPOConfig(CommonConfig):
     missing_eos_penalty: float = opt(1.0, "Subtracted from the score of responses that never emit EOS (the reward model scores every response as finished, an EOS appended).")
     reward_batch_size: int = opt(32, "Batch size for scoring with the reward model.")
     log_every: int = opt(1, "Log metrics every N steps.")
+
+
+@dataclass
+class BestOfNConfig(RunConfig):
+    model: str = opt("runs/sft", "Policy to sample the candidates from.")
+    reward_model: str | None = opt(None, "Reward model folder (from `rlhfkit reward`) that picks the best candidate.")
+    reward_fn: str | None = opt(None, "Instead of a reward model: 'module:function' taking (prompts, responses) -> scores.")
+    prompts: str = opt("", "Prompts JSONL ({prompt} as a string or a list of messages, or {messages} per line).", required=True)
+    n: int = opt(16, "Candidates sampled per prompt; the one the reward scores highest is kept (KL to the sampler: log n - (n-1)/n).")
+    max_new_tokens: int = opt(32, "Longest candidate.")
+    temperature: float = opt(1.0, "Sampling temperature of the candidates.")
+    top_p: float = opt(1.0, "Nucleus sampling.")
+    batch_size: int = opt(64, "Sequences per generation batch.")
+    missing_eos_penalty: float = opt(1.0, "Subtracted from the score of candidates that never emit EOS (as in PPO: the reward model scores every response as finished).")
+    reward_batch_size: int = opt(32, "Batch size for scoring with the reward model.")
+
+
+@dataclass
+class ExpertIterationConfig(BestOfNConfig):
+    n: int = opt(4, "Candidates sampled per prompt in each round.")
+    rounds: int = opt(2, "Rounds of best-of-n on fresh prompts followed by SFT on the winners (each round starts from the last).")
+    prompts_per_round: int = opt(64, "Prompts per round, taken in file order (round r uses the r-th block; the file must hold rounds x prompts_per_round).")
+    epochs: float = opt(1.0, "SFT passes over a round's winners.")
+    lr: float = opt(2e-5, "SFT learning rate of each round (Adam's first steps move every weight by about lr whatever the gradient's size: on a few dozen winners a large lr is mostly noise).")
+    sft_batch_size: int = opt(16, "SFT examples per optimiser step.")
+    warmup_steps: int = opt(0, "Linear warmup steps of each round's SFT.")
 
 
 def field_help(cls) -> dict[str, str]:
