@@ -1,5 +1,6 @@
-"""What every trainer shares: accelerator, seeds, optimiser, metrics log, checkpoints with full trainer
-state (optimiser, scheduler, every RNG, step, data position), progress bar."""
+"""The pieces every trainer shares: accelerator, seeds, optimiser, data order, metrics log, checkpoint
+files with the full trainer state (optimiser, scheduler, every RNG, step, data position), progress bar.
+``run.TrainingRun`` puts them together into one run's plumbing."""
 
 from __future__ import annotations
 
@@ -201,16 +202,6 @@ def save_trainer_state(ckpt: Path, state: dict) -> None:
 
 def load_trainer_state(ckpt: Path) -> dict:
     return torch.load(ckpt / "trainer_state.pt", weights_only=False)
-
-
-def restore_trainer_state(ckpt: Path, optimizer, scheduler, batches: Batches) -> int:
-    """Put optimiser, scheduler, data position and every RNG back as a checkpoint left them; returns its step."""
-    st = load_trainer_state(ckpt)
-    optimizer.load_state_dict(st["optimizer"])
-    scheduler.load_state_dict(st["scheduler"])
-    batches.load(st["data"])
-    set_rng_state(st["rng"])
-    return st["step"]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:

@@ -26,21 +26,33 @@ from rlhfkit.forward import autocast_context, forward_response, prompt_format
 from rlhfkit.models import PolicyWithValue, is_peft, load_causal_lm, load_tokenizer
 from rlhfkit.rollout import GenerationConfig, Rollout, generate
 from rlhfkit.scoring import RewardFn, as_scores, load_reward_fn
-from rlhfkit.train.common import (
-    Batches, MetricsLog, Timer, latest_checkpoint, load_trainer_state, lora_settings, make_accelerator,
-    make_optimizer, progress_bar, resolve_config_precision, rng_state, save_trainer_state, seed_everything, set_rng_state, write_run_info,
-)
+from rlhfkit.train.common import Batches, Timer, lora_settings, make_optimizer, resolve_config_precision
+from rlhfkit.train.run import TrainingRun
 from rlhfkit.train.sft import save_model
 
 
 class KLController:
     """Fixed beta, or Ziegler et al.'s adaptive controller:
-    e = clip(KL / target - 1, -0.2, 0.2); beta <- beta * (1 + e * n / horizon)."""
+    e = clip(KL / target - 1, -0.2, 0.2); beta <- beta * (1 + e * n / horizon).
+
+    Args:
+        init: the starting beta (``value``).
+        adaptive: adapt beta towards ``target``; otherwise ``update`` leaves it alone.
+        target: the KL to the reference (nats per sequence) the controller steers to.
+        horizon: samples over which a full step of +-20% accumulates.
+
+    Example::
+
+        kl_ctl = KLController(0.05, adaptive=True, target=6.0)
+        kl_ctl.update(kl=9.0, n_samples=64)  # KL over target: beta *= 1 + 0.2 * 64 / 10000
+        beta = kl_ctl.value
+    """
 
     def __init__(self, init: float, adaptive: bool = False, target: float = 6.0, horizon: int = 10000):
         self.value, self.adaptive, self.target, self.horizon = init, adaptive, target, horizon
 
     def update(self, kl: float, n_samples: int) -> None:
+        """After a batch of ``n_samples`` whose measured KL (nats per sequence) was ``kl``."""
         if self.adaptive:
             err = min(max(kl / self.target - 1.0, -0.2), 0.2)
             self.value *= 1.0 + err * n_samples / self.horizon
@@ -48,16 +60,31 @@ class KLController:
 
 class PPOTrainer:
     """Holds the policy+value model, the reference, the optimiser and the loop state; ``step()`` is one
-    PPO iteration. ``reward_fn`` is any ``(prompts, responses) -> (B,) scores``; ``gold_fn`` (optional,
-    same shape) is only logged, never optimised -- it draws the over-optimisation curve."""
+    PPO iteration, ``train()`` the whole run. Its plumbing (accelerator, seeds, resume, checkpoints,
+    metrics, progress) is ``self.run``, a ``TrainingRun``.
+
+    Args:
+        cfg: the policy (model, LoRA), the sampling (max_new_tokens, temperature, top_p) and PPO's
+            settings (steps, batch_size, minibatch_size, ppo_epochs, KL coefficient and controller, clip
+            ranges, max_kl, ...); ``cfg.resume`` continues a run from its last checkpoint.
+        reward_fn: any ``(prompts, responses) -> (B,) scores`` (``rlhfkit.scoring``).
+        prompts: the prompts a batch is drawn from (as ``load_prompts`` reads them).
+        gold_fn: optional, same shape; only logged, never optimised -- it draws the over-optimisation curve.
+        progress: show a progress bar.
+
+    Example::
+
+        trainer = PPOTrainer(PPOConfig(model="runs/sft", prompts="prompts.jsonl", out="runs/ppo", steps=50),
+                             reward_fn=lambda prompts, responses: torch.tensor([len(r) / 100 for r in responses]),
+                             prompts=["Review a film.", "Describe a play."])
+        metrics = trainer.step()["metrics"]  # one iteration; or trainer.train() for cfg.steps of them
+    """
 
     def __init__(self, cfg: PPOConfig, reward_fn: RewardFn, prompts: list[str], gold_fn: RewardFn | None = None,
                  progress: bool = True):
-        self.cfg, self.reward_fn, self.gold_fn, self.prompts, self.show_progress = cfg, reward_fn, gold_fn, prompts, progress
-        self.out = Path(cfg.out)
-        self.accelerator = make_accelerator(cfg)
-        seed_everything(cfg.seed)
-        resume_ckpt = latest_checkpoint(cfg.resume) if cfg.resume else None
+        self.cfg, self.reward_fn, self.gold_fn, self.prompts = cfg, reward_fn, gold_fn, prompts
+        self.run = TrainingRun(cfg, "PPO", progress=progress)
+        self.out, self.accelerator, resume_ckpt = self.run.out, self.run.accelerator, self.run.resume_from
         self.tokenizer = load_tokenizer(cfg.model)
         # a run starts from the function cfg.model stands for (an adapter folder is merged into its base);
         # a resumed LoRA run trains its checkpoint's adapters on
@@ -87,15 +114,10 @@ class PPOTrainer:
                                         batch_size=cfg.batch_size, system_prompt=cfg.system_prompt,
                                         chat_template=cfg.chat_template)
         self.bf16 = cfg.mixed_precision == "bf16"
-        self.step_count = 0
-        if resume_ckpt:
-            st = load_trainer_state(resume_ckpt)
-            self.optimizer.load_state_dict(st["optimizer"])
-            self.batches.load(st["data"])
-            self.kl_ctl.value = st["kl_coef"]
-            set_rng_state(st["rng"], self.generator)
-            self.step_count = st["step"]
-        self.resumed = resume_ckpt is not None
+        self.step_count = self.run.track(self.optimizer, batches=self.batches, generator=self.generator,
+                                         save=lambda ckpt: self._save_model(ckpt / "model", ckpt, merge=False))
+        if self.run.resumed:
+            self.kl_ctl.value = self.run.resumed["kl_coef"]
 
     # ---- the pieces of one iteration ------------------------------------------------------------
 
@@ -261,38 +283,26 @@ class PPOTrainer:
         t = acc.reduce(t, reduction="mean")
         return dict(zip(keys, t.tolist()))
 
-    # ---- checkpoints ------------------------------------------------------------------------------
+    # ---- saving ---------------------------------------------------------------------------------------
 
-    def checkpoint(self, path: Path | None = None) -> Path:
-        ckpt = path or self.out / f"checkpoint-{self.step_count}"
-        if self.accelerator.is_main_process:
-            save_model(self.accelerator, self.unwrapped.lm, self.tokenizer, ckpt / "model", merge=False)
-            save_file({k: v.contiguous() for k, v in self.unwrapped.value_head.state_dict().items()}, str(ckpt / "value_head.safetensors"))
-            save_trainer_state(ckpt, {"step": self.step_count, "optimizer": self.optimizer.state_dict(),
-                                      "data": self.batches.state(), "kl_coef": self.kl_ctl.value,
-                                      "rng": rng_state(self.generator)})
-        return ckpt
-
-    def save_final(self) -> None:
-        if self.accelerator.is_main_process:
-            save_model(self.accelerator, self.unwrapped.lm, self.tokenizer, self.out, merge=True)
-            save_file({k: v.contiguous() for k, v in self.unwrapped.value_head.state_dict().items()}, str(self.out / "value_head.safetensors"))
+    def _save_model(self, lm_dir: Path, head_dir: Path, merge: bool) -> None:
+        """The policy LM (``from_pretrained``-loadable; a LoRA model merged when ``merge``, else an adapter
+        folder) and the value head, value_head.safetensors in ``head_dir``."""
+        save_model(self.accelerator, self.unwrapped.lm, self.tokenizer, lm_dir, merge=merge)
+        save_file({k: v.contiguous() for k, v in self.unwrapped.value_head.state_dict().items()}, str(head_dir / "value_head.safetensors"))
 
     # ---- the loop -----------------------------------------------------------------------------------
 
     def train(self) -> Path:
-        cfg, acc = self.cfg, self.accelerator
-        if acc.is_main_process:
-            write_run_info(self.out, cfg, model=cfg.model, reward=cfg.reward_model or cfg.reward_fn, prompts=cfg.prompts,
-                           prompt_format=prompt_format(self.tokenizer, cfg.chat_template))
-        log = MetricsLog(self.out, acc.is_main_process, resume_step=self.step_count if self.resumed else None)
+        """Run ``step()`` until ``cfg.steps`` (or until a batch's KL passes ``cfg.max_kl``), logging and
+        checkpointing; then save the policy, value head and ppo_summary.json into ``cfg.out``."""
+        cfg, run = self.cfg, self.run
         stop_reason = "steps"
         # which policy is saved, and what is known of its KL: the KL of pi_s is measured on the samples
         # of step s+1, so the policy after the last update has no measured KL unless a later batch saw it
         saved = None
-        bar = progress_bar(cfg.steps, "PPO", disable=not (self.show_progress and acc.is_main_process))
-        with bar:
-            task = bar.add_task("PPO", total=cfg.steps, completed=self.step_count, info="")
+        with run.loop(cfg.steps, model=cfg.model, reward=cfg.reward_model or cfg.reward_fn, prompts=cfg.prompts,
+                      prompt_format=prompt_format(self.tokenizer, cfg.chat_template)):
             while self.step_count < cfg.steps:
                 res = self.step()
                 m = res["metrics"]
@@ -302,7 +312,7 @@ class PPOTrainer:
                 if res.get("over_kl_budget"):
                     # the samples of this batch came from pi_s (s = step_count): its KL is over the budget;
                     # log the measurement (no update was made) and go back to pi_{s-1}
-                    log.log(self.step_count + 1, m, res["timings"])
+                    run.log(self.step_count + 1, m, res["timings"], always=True)
                     over_step = self.step_count
                     restored = self._restore_snapshot()
                     stop_reason = f"KL {m['kl_k1']:.2f} of the policy after update {over_step} passed max_kl {cfg.max_kl}"
@@ -312,29 +322,45 @@ class PPOTrainer:
                     else:  # resumed right before the stop: the earlier weights were not kept
                         saved = {"policy_after_update": over_step, "kl_k1": m["kl_k1"], "kl_measured": True,
                                  "note": "over max_kl: the previous policy was not kept across the resume"}
-                    bar.update(task, info=info + "  (over max_kl: stopped)")
+                    run.advance(info + "  (over max_kl: stopped)", steps=0)
                     break
-                if self.step_count % cfg.log_every == 0 or self.step_count == cfg.steps:
-                    log.log(self.step_count, m, res["timings"])
-                bar.update(task, advance=1, info=info)
-                if cfg.save_every and self.step_count % cfg.save_every == 0:
-                    self.checkpoint()
-        log.close()
+                run.log(self.step_count, m, res["timings"])
+                run.advance(info)
+                run.maybe_checkpoint(self.step_count, kl_coef=self.kl_ctl.value)
         if saved is None:
             saved = {"policy_after_update": self.step_count, "kl_k1": None, "kl_measured": False,
                      "note": "the policy after the last update; its KL was not measured (the last measured KL, "
                              "in metrics.jsonl, is that of the policy before it)"}
-        if cfg.save_every and self.step_count % cfg.save_every != 0:
-            self.checkpoint()  # and at the end, so that a finished run can be extended with --resume
-        self.save_final()
-        if acc.is_main_process:
+        run.maybe_checkpoint(self.step_count, last=True, kl_coef=self.kl_ctl.value)  # a run stopped by max_kl
+
+        def save_final(out: Path) -> None:
+            self._save_model(out, out, merge=True)
             summary = {"steps": self.step_count, "stopped": stop_reason, "saved": saved}
-            (self.out / "ppo_summary.json").write_text(json.dumps(summary) + "\n")
-        acc.wait_for_everyone()
-        return self.out
+            (out / "ppo_summary.json").write_text(json.dumps(summary) + "\n")
+
+        return run.finish(save_final)
 
 
 def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, gold_fn: RewardFn | None = None, progress: bool = True) -> Path:
+    """PPO of ``cfg.model`` on the prompts in ``cfg.prompts`` against a reward; writes the policy (LoRA
+    merged), value_head.safetensors, ppo_summary.json (steps, why it stopped, which policy was saved),
+    config.yaml, metrics.jsonl and ``checkpoint-N`` folders into ``cfg.out``.
+
+    Args:
+        cfg: the run (see ``PPOTrainer``); names the reward when ``reward_fn`` is not given: a reward model
+            folder (``cfg.reward_model``, scored centred) or a ``module:function`` (``cfg.reward_fn``).
+        reward_fn: any ``(prompts, responses) -> (B,) scores``; overrides the config's reward.
+        gold_fn: optional, logged as ``gold`` beside the optimised score, never optimised.
+        progress: show a progress bar.
+
+    Returns the run directory.
+
+    Example::
+
+        out = train_ppo(PPOConfig(model="runs/sft", prompts="prompts.jsonl", reward_model="runs/rm", out="runs/ppo"))
+        out = train_ppo(PPOConfig(model="tiny", prompts="prompts.jsonl", out="runs/ppo", steps=20),
+                        reward_fn=lambda prompts, responses: [r.count("good") for r in responses])
+    """
     prompts = [r["prompt"] for r in load_prompts(cfg.prompts, cfg.chat_template)]  # malformed lines stop here
     resolve_config_precision(cfg)  # before the reward scorer is built: it follows the same decision
     if reward_fn is None:

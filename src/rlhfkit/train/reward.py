@@ -8,7 +8,7 @@ separate batches).
 
 from __future__ import annotations
 
-import math
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,10 +19,8 @@ from rlhfkit.config import RewardConfig
 from rlhfkit.data import Preference, load_preferences, read_jsonl
 from rlhfkit.models import RewardModel, load_tokenizer
 from rlhfkit.scoring import RewardScorer, encode_pairs_input
-from rlhfkit.train.common import (
-    Batches, MetricsLog, Timer, latest_checkpoint, restore_trainer_state, make_accelerator, make_optimizer,
-    progress_bar, rng_state, save_trainer_state, seed_everything, write_run_info,
-)
+from rlhfkit.train.common import Batches, Timer, make_optimizer
+from rlhfkit.train.run import TrainingRun, total_steps
 
 
 def group_pairs(pairs: list[Preference]) -> list[list[Preference]]:
@@ -111,36 +109,47 @@ def freeze_lower_layers(rm: RewardModel, train_top_layers: int) -> None:
 
 
 def train_reward(cfg: RewardConfig, progress: bool = True) -> Path:
-    out = Path(cfg.out)
-    accelerator = make_accelerator(cfg, cfg.grad_accum)
-    seed_everything(cfg.seed)
+    """Train a reward model (``RewardModel``: ``cfg.model`` with a scalar head) by Bradley-Terry on the
+    preferences in ``cfg.data`` (pairs or K-way rankings; see ``load_preferences``), then normalise it so
+    that the reference responses (``cfg.reference``, else every response of the data) score std 1.
+    Writes the model, eval.json (held-out accuracy and loss, the normalisation), config.yaml,
+    metrics.jsonl and ``checkpoint-N`` folders into ``cfg.out``.
+
+    Args:
+        cfg: model, data, out, the held-out split (eval_data or eval_fraction) and the optimisation (lr,
+            head_lr_scale, batch_size in prompts, epochs or max_steps, train_top_layers, use_margin, ...);
+            ``cfg.resume`` continues a run from its last checkpoint, reproducing the uninterrupted run.
+        progress: show a progress bar.
+
+    Returns the run directory, which ``RewardScorer.load`` (and ``--reward-model``) loads.
+
+    Example::
+
+        out = train_reward(RewardConfig(model="runs/sft", data="prefs.jsonl", out="runs/rm", epochs=2))
+        scores = RewardScorer.load(out, center=True)(["Review a film."], ["A warm, funny film."])
+    """
+    run = TrainingRun(cfg, "reward model", cfg.grad_accum, progress)
+    accelerator = run.accelerator
     pairs = load_preferences(cfg.data, cfg.chat_template)  # malformed lines stop here, before any model is loaded
     groups = group_pairs(pairs)
     if cfg.eval_data:
         train_groups, eval_groups = groups, group_pairs(load_preferences(cfg.eval_data, cfg.chat_template))
     else:
         train_groups, eval_groups = split_groups(groups, cfg.eval_fraction, cfg.seed)
-    resume_ckpt = latest_checkpoint(cfg.resume) if cfg.resume else None
     tokenizer = load_tokenizer(cfg.model)
-    rm = RewardModel.from_pretrained(resume_ckpt / "model" if resume_ckpt else cfg.model)
+    rm = RewardModel.from_pretrained(run.resume_from / "model" if run.resume_from else cfg.model)
     rm.set_scoring(cfg.system_prompt, cfg.max_prompt_tokens, cfg.max_completion_tokens, getattr(cfg, "chat_template", "auto"))
     freeze_lower_layers(rm, cfg.train_top_layers)
     rm.train()
-    steps_per_epoch = math.ceil(len(train_groups) / (cfg.batch_size * cfg.grad_accum))
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    total = total_steps(cfg, len(train_groups))
     optimizer, scheduler = make_optimizer(rm.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps, head=rm._parts()[1],
                                          head_lr=cfg.lr * cfg.head_lr_scale)
     rm, optimizer, scheduler = accelerator.prepare(rm, optimizer, scheduler)
-    batches = Batches(len(train_groups), cfg.batch_size, cfg.seed)
-    step = restore_trainer_state(resume_ckpt, optimizer, scheduler, batches) if resume_ckpt else 0
-    if accelerator.is_main_process:
-        write_run_info(out, cfg, model=cfg.model, data=cfg.data, pairs=len(pairs), groups=len(groups),
-                       train_groups=len(train_groups), eval_groups=len(eval_groups))
-    log = MetricsLog(out, accelerator.is_main_process, resume_step=step if resume_ckpt else None)
     inner = accelerator.unwrap_model(rm)
-    bar = progress_bar(total, "reward model", disable=not (progress and accelerator.is_main_process))
-    with bar:
-        task = bar.add_task("reward model", total=total, completed=step, info="")
+    batches = Batches(len(train_groups), cfg.batch_size, cfg.seed)
+    step = run.track(optimizer, scheduler, batches, save=lambda ckpt: inner.save_pretrained(ckpt / "model", tokenizer))
+    with run.loop(total, model=cfg.model, data=cfg.data, pairs=len(pairs), groups=len(groups),
+                  train_groups=len(train_groups), eval_groups=len(eval_groups)):
         while step < total:
             timer = Timer()
             losses, accs = [], []
@@ -162,18 +171,12 @@ def train_reward(cfg: RewardConfig, progress: bool = True) -> Path:
             if eval_groups and cfg.log_every and step % max(cfg.log_every * 10, 10) == 0:
                 with timer("eval"):
                     metrics.update(evaluate(inner, tokenizer, eval_groups, cfg, accelerator.device))
-            if step % cfg.log_every == 0 or step == total:
-                log.log(step, metrics, timer.t)
+            run.log(step, metrics, timer.t)
             info = f"loss {metrics['loss']:.3f} acc {metrics['accuracy']:.2f}"
             if "eval_accuracy" in metrics:
                 info += f" held-out acc {metrics['eval_accuracy']:.3f}"
-            bar.update(task, advance=1, info=info)
-            if cfg.save_every and (step % cfg.save_every == 0 or step == total) and accelerator.is_main_process:
-                ckpt = out / f"checkpoint-{step}"
-                inner.save_pretrained(ckpt / "model", tokenizer)
-                save_trainer_state(ckpt, {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                          "data": batches.state(), "rng": rng_state()})
-    log.close()
+            run.advance(info)
+            run.maybe_checkpoint(step)
     # normalise: reference responses score std 1 (so a KL coefficient means the same across RMs), folded
     # into the head; their mean is recorded as reference_mean (the head has no bias to hold it)
     scorer = RewardScorer(inner, tokenizer, cfg, batch_size=32)
@@ -183,10 +186,9 @@ def train_reward(cfg: RewardConfig, progress: bool = True) -> Path:
     final = {"eval": evaluate(inner, tokenizer, eval_groups, cfg, accelerator.device) if eval_groups else {},
              "normalization": {"raw_mean": raw.mean().item(), "raw_std": raw.std().item() if len(raw) > 1 else 1.0,
                                "reference_mean": inner.reference_mean, "n": len(ref), "reference": cfg.reference or "data"}}
-    if accelerator.is_main_process:
-        inner.save_pretrained(out, tokenizer)
-        import json
 
+    def save_final(out: Path) -> None:
+        inner.save_pretrained(out, tokenizer)
         (out / "eval.json").write_text(json.dumps(final, indent=2) + "\n")
-    accelerator.wait_for_everyone()
-    return out
+
+    return run.finish(save_final)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -12,10 +11,8 @@ from rlhfkit.config import SFTConfig
 from rlhfkit.data import Conversation, Message, SFTExample, load_sft
 from rlhfkit.models import is_peft, load_causal_lm, load_tokenizer
 from rlhfkit.forward import format_prompts, forward_response, prompt_format
-from rlhfkit.train.common import (
-    Batches, MetricsLog, Timer, latest_checkpoint, restore_trainer_state, lora_settings, make_accelerator,
-    make_optimizer, progress_bar, rng_state, save_trainer_state, seed_everything, write_run_info,
-)
+from rlhfkit.train.common import Batches, Timer, lora_settings, make_optimizer
+from rlhfkit.train.run import TrainingRun, total_steps
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -90,7 +87,18 @@ def encode_sft_batch(tokenizer, examples: list[SFTExample], cfg, device="cpu"):
 
 
 def sft_loss(model, batch) -> torch.Tensor:
-    """Mean negative log-likelihood of the loss tokens (completion tokens, EOS included) of the whole batch."""
+    """Mean negative log-likelihood of the loss tokens (completion tokens, EOS included) of the whole batch.
+
+    Args:
+        model: a causal LM (or a peft/accelerate wrapper of one).
+        batch: ``encode_sft_batch``'s tuple: prompt_ids, prompt_mask (B, P), response ids, response_mask
+            (B, T) and, optionally, loss_mask (B, T) (the response mask when absent).
+
+    Example::
+
+        batch = encode_sft_batch(tokenizer, examples[:8], SFTConfig(model="tiny", data="demos.jsonl"))
+        sft_loss(model, batch).backward()
+    """
     prompt_ids, prompt_mask, resp_ids, resp_mask = batch[:4]
     loss_mask = batch[4] if len(batch) > 4 else resp_mask
     logp = forward_response(model, prompt_ids, prompt_mask, resp_ids, resp_mask)["logprobs"]
@@ -111,32 +119,41 @@ def save_model(accelerator, model, tokenizer, out: Path, merge: bool) -> None:
 
 
 def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
-    out = Path(cfg.out)
-    accelerator = make_accelerator(cfg, cfg.grad_accum)
-    seed_everything(cfg.seed)
+    """Supervised fine-tuning of ``cfg.model`` on ``cfg.data`` (JSONL of prompt/completion, chat messages or
+    plain text; see ``load_sft``) by ``sft_loss``; writes the model (LoRA merged), config.yaml,
+    metrics.jsonl and ``checkpoint-N`` folders (every ``cfg.save_every`` steps) into ``cfg.out``.
+
+    Args:
+        cfg: model, data, out, and the optimisation (lr, batch_size, grad_accum, epochs or max_steps,
+            LoRA, loss_on, ...); ``cfg.resume`` continues a run from its last checkpoint, reproducing the
+            uninterrupted run's numbers.
+        progress: show a progress bar.
+
+    Returns the run directory, which ``from_pretrained`` (and ``--model``) loads.
+
+    Example::
+
+        out = train_sft(SFTConfig(model="tiny", data="demos.jsonl", out="runs/sft", max_steps=100))
+    """
     if cfg.loss_on not in ("last", "all"):
         raise ValueError(f"loss_on must be 'last' or 'all', got {cfg.loss_on!r}")
+    run = TrainingRun(cfg, "SFT", cfg.grad_accum, progress)
+    accelerator = run.accelerator
     examples = load_sft(cfg.data, cfg.chat_template)  # a malformed line stops here, before any model is loaded
-    resume_ckpt = latest_checkpoint(cfg.resume) if cfg.resume else None
     tokenizer = load_tokenizer(cfg.model)
-    if resume_ckpt:  # a LoRA run's checkpoint is an adapter folder: its adapters train on
-        model = load_causal_lm(resume_ckpt / "model", lora=lora_settings(cfg))
+    if run.resume_from:  # a LoRA run's checkpoint is an adapter folder: its adapters train on
+        model = load_causal_lm(run.resume_from / "model", lora=lora_settings(cfg))
     else:  # the function cfg.model stands for (an adapter folder merged), with fresh adapters if asked
         model = load_causal_lm(cfg.model, lora=lora_settings(cfg), merge=True)
     model.train()
-    steps_per_epoch = math.ceil(len(examples) / (cfg.batch_size * cfg.grad_accum))
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    total = total_steps(cfg, len(examples))
     optimizer, scheduler = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     batches = Batches(len(examples), cfg.batch_size, cfg.seed)
-    step = restore_trainer_state(resume_ckpt, optimizer, scheduler, batches) if resume_ckpt else 0
-    if accelerator.is_main_process:
-        write_run_info(out, cfg, model=cfg.model, data=cfg.data, examples=len(examples),
-                       prompt_format=prompt_format(tokenizer, cfg.chat_template))
-    log = MetricsLog(out, accelerator.is_main_process, resume_step=step if resume_ckpt else None)
-    bar = progress_bar(total, "SFT", disable=not (progress and accelerator.is_main_process))
-    with bar:
-        task = bar.add_task("SFT", total=total, completed=step, info="")
+    step = run.track(optimizer, scheduler, batches,
+                     save=lambda ckpt: save_model(accelerator, model, tokenizer, ckpt / "model", merge=False))
+    with run.loop(total, model=cfg.model, data=cfg.data, examples=len(examples),
+                  prompt_format=prompt_format(tokenizer, cfg.chat_template)):
         while step < total:
             timer = Timer()
             losses, tokens = [], 0
@@ -154,24 +171,7 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
                 tokens += int(batch[3].sum())
             step += 1
             metrics = {"loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0], "epoch": batches.epoch + batches.pos / len(examples), "tokens": tokens}
-            if step % cfg.log_every == 0 or step == total:
-                log.log(step, metrics, {**timer.t, "tokens_per_s": tokens / max(sum(timer.t.values()), 1e-9)})
-            bar.update(task, advance=1, info=f"loss {metrics['loss']:.3f}")
-            if cfg.save_every and (step % cfg.save_every == 0 or step == total):
-                _checkpoint(accelerator, model, tokenizer, optimizer, scheduler, batches, step, out)
-    log.close()
-    if accelerator.is_main_process:
-        save_model(accelerator, model, tokenizer, out, merge=True)
-    accelerator.wait_for_everyone()
-    return out
-
-
-def _checkpoint(accelerator, model, tokenizer, optimizer, scheduler, batches, step, out: Path) -> None:
-    if not accelerator.is_main_process:
-        return
-    ckpt = out / f"checkpoint-{step}"
-    save_model(accelerator, model, tokenizer, ckpt / "model", merge=False)
-    save_trainer_state(ckpt, {
-        "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "data": batches.state(), "rng": rng_state(),
-    })
+            run.log(step, metrics, {**timer.t, "tokens_per_s": tokens / max(sum(timer.t.values()), 1e-9)})
+            run.advance(f"loss {metrics['loss']:.3f}")
+            run.maybe_checkpoint(step)
+    return run.finish(lambda out: save_model(accelerator, model, tokenizer, out, merge=True))
