@@ -91,7 +91,7 @@ def generate_cmd(model, prompts_file, out, num_samples, max_new_tokens, temperat
 
     def run():
         from rlhfkit.data import load_prompts, write_jsonl
-        from rlhfkit.models import cast_linears_for_autocast, default_device, load_causal_lm, load_tokenizer
+        from rlhfkit.models import default_device, load_frozen_lm, load_tokenizer
         from rlhfkit.rollout import GenerationConfig, generate
 
         from rlhfkit.precision import resolve_bf16
@@ -99,9 +99,7 @@ def generate_cmd(model, prompts_file, out, num_samples, max_new_tokens, temperat
         prompts = [r["prompt"] for r in load_prompts(prompts_file, chat_template)]
         use_bf16 = resolve_bf16(bf16, default_device())
         tok = load_tokenizer(model)
-        lm = load_causal_lm(model, trainable=False).to(default_device())
-        if use_bf16:
-            cast_linears_for_autocast(lm)
+        lm = load_frozen_lm(model, use_bf16)
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size,
                                system_prompt=system_prompt, chat_template=chat_template)
         expanded = [p for p in prompts for _ in range(num_samples)]
