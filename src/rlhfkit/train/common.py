@@ -39,12 +39,14 @@ def resolve_config_precision(cfg) -> str:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global RNGs."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict:
+    """Every global RNG's state (and ``generator``'s), for a checkpoint."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -54,6 +56,7 @@ def rng_state(generator: torch.Generator | None = None) -> dict:
 
 
 def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
+    """Put back what ``rng_state`` returned."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -196,15 +199,18 @@ def progress_bar(total: int, description: str, disable: bool = False):
 
 
 def save_trainer_state(ckpt: Path, state: dict) -> None:
+    """``ckpt``/trainer_state.pt: whatever a trainer needs to continue (see ``TrainingRun.checkpoint``)."""
     ckpt.mkdir(parents=True, exist_ok=True)
     torch.save(state, ckpt / "trainer_state.pt")
 
 
 def load_trainer_state(ckpt: Path) -> dict:
+    """What ``save_trainer_state`` wrote into ``ckpt``."""
     return torch.load(ckpt / "trainer_state.pt", weights_only=False)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
+    """The ``checkpoint-N`` folder of ``run_dir`` with the largest N."""
     run_dir = Path(run_dir)
     ckpts = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     if not ckpts:
@@ -213,6 +219,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
 
 
 def write_run_info(out: Path, cfg, **extra) -> None:
+    """config.yaml (``cfg``) and run_info.json (versions, ``extra``: what the run was made from) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     info = {"rlhfkit_version": __import__("rlhfkit").__version__, "torch": torch.__version__, **extra}
@@ -222,6 +229,7 @@ def write_run_info(out: Path, cfg, **extra) -> None:
 
 
 def lora_settings(cfg):
+    """``cfg``'s LoRA settings (lora_r, lora_alpha, comma-separated lora_targets), or None when lora_r is 0."""
     from rlhfkit.models import LoraSettings
 
     if not cfg.lora_r:

@@ -123,9 +123,11 @@ class PPOTrainer:
 
     @property
     def unwrapped(self) -> PolicyWithValue:
+        """The policy+value model without accelerate's wrapper."""
         return self.accelerator.unwrap_model(self.policy)
 
     def sample(self, prompts: list[str]) -> Rollout:
+        """Responses of the current policy to ``prompts``, drawn with the trainer's generator."""
         return generate(self.unwrapped.lm, self.tokenizer, prompts, self.gen_cfg, generator=self.generator, bf16=self.bf16)
 
     @torch.no_grad()
@@ -153,6 +155,8 @@ class PPOTrainer:
         return torch.cat(old_logp) * mask, torch.cat(values) * mask, torch.cat(ref_logp) * mask
 
     def step(self) -> dict:
+        """One PPO iteration on the next batch of prompts. Returns ``{"metrics": ..., "timings": ...}``,
+        with ``"over_kl_budget": True`` (and no update made) when the batch's KL passed ``cfg.max_kl``."""
         cfg, acc = self.cfg, self.accelerator
         timer = Timer()
         idx = self.batches.next()
@@ -210,6 +214,8 @@ class PPOTrainer:
         return {"metrics": metrics, "timings": timings}
 
     def update(self, ro: Rollout, old_logp, old_values, advantages, returns) -> dict:
+        """``cfg.ppo_epochs`` passes of clipped policy and value updates over minibatches of the rollout
+        (all (B, T) but ``ro``); returns the minibatch-mean losses and diagnostics."""
         cfg, acc = self.cfg, self.accelerator
         mask = ro.response_mask.float()
         B = len(ro)
