@@ -14,8 +14,8 @@ import yaml
 from click.testing import CliRunner
 
 from rlhfkit.cli import app
-from rlhfkit.config import PPOConfig, RewardConfig, SFTConfig
-from rlhfkit.pipeline.config import PipelineConfig
+from rlhfkit.config import BestOfNConfig, ExpertIterationConfig, PPOConfig, RewardConfig, SFTConfig
+from rlhfkit.pipeline.config import PipelineConfig, top_level_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,16 +56,18 @@ def test_help_of_every_command_exits_0(command):
 def test_top_level_help_lists_every_command():
     result = invoke("--help")
     assert result.exit_code == 0, result.output
-    for command in ["sft", "reward", "ppo", "generate", "pipeline", "demo", "eval", "feedback", "data"]:
+    for command in ["sft", "reward", "ppo", "best-of-n", "expert-iteration", "generate", "pipeline", "demo", "eval", "feedback", "data"]:
         assert f" {command} " in result.output, command
 
 
-@pytest.mark.parametrize("command, cls", [("sft", SFTConfig), ("reward", RewardConfig), ("ppo", PPOConfig), ("pipeline", PipelineConfig)])
+@pytest.mark.parametrize("command, cls", [("sft", SFTConfig), ("reward", RewardConfig), ("ppo", PPOConfig), ("best-of-n", BestOfNConfig),
+                                          ("expert-iteration", ExpertIterationConfig), ("pipeline", PipelineConfig)])
 def test_help_lists_every_config_field_with_its_help(command, cls):
     result = invoke(command, "--help")
     assert result.exit_code == 0, result.output
     text = squash(result.output)
-    for f in dataclasses.fields(cls):
+    # the pipeline: a flag per top-level option; its sections are the commands above (--set SECTION.OPTION=VALUE)
+    for f in (top_level_fields() if cls is PipelineConfig else dataclasses.fields(cls)):
         flag = "--" + f.name.replace("_", "-")
         assert f"{flag} " in result.output or f"{flag}/" in result.output or f"{flag}\n" in result.output, flag
         help_text = f.metadata.get("help", "")
@@ -257,5 +259,5 @@ def test_console_script_help():
     proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Usage: rlhfkit" in proc.stdout
-    for command in ["sft", "reward", "ppo", "generate", "pipeline", "demo", "eval", "feedback", "data"]:
+    for command in ["sft", "reward", "ppo", "best-of-n", "expert-iteration", "generate", "pipeline", "demo", "eval", "feedback", "data"]:
         assert command in proc.stdout

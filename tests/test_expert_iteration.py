@@ -7,7 +7,7 @@ import json
 from rlhfkit.config import SFTConfig
 from rlhfkit.data import DataError, load_sft
 from rlhfkit.models import load_tokenizer
-from rlhfkit.pipeline.stages import expert_demonstrations
+from rlhfkit.train.expert_iteration import expert_demonstrations
 from rlhfkit.train.sft import sft_tokens
 
 import pytest

@@ -204,9 +204,9 @@ def test_each_prompt_weighs_the_same_in_the_reward_loss(tmp_path, tok):
 
 
 def _ctx(run, **kw):
-    from rlhfkit.pipeline.config import PipelineConfig
+    from rlhfkit.pipeline.config import PipelineConfig, wire
 
-    return SimpleNamespace(cfg=PipelineConfig(out=str(run), **kw), run=run, mp="no", progress=False)
+    return SimpleNamespace(cfg=wire(PipelineConfig(out=str(run), **kw), run, "no"), run=run, mp="no", progress=False)
 
 
 def test_pipeline_reward_model_is_normalised_on_sft_samples(tmp_path, monkeypatch):
@@ -234,16 +234,14 @@ def test_missing_eos_penalty_is_on_by_default_in_ppo():
     assert PPOConfig(prompts="p.jsonl").missing_eos_penalty > 0
 
 
-def test_best_of_n_penalises_truncated_candidates_as_ppo_does(tmp_path, monkeypatch):
+def test_best_of_n_penalises_truncated_candidates_as_ppo_does():
     """The reward model scores every candidate as finished; a truncated one loses the PPO missing-EOS
     penalty before the argmax (and can still win by more than the penalty)."""
-    from rlhfkit.pipeline import stages
+    from rlhfkit.train.best_of_n import select_best
 
     ro = SimpleNamespace(responses=["cut off and", "done.", "short.", "much better but cut"],
                          ended=torch.tensor([False, True, True, False]))
-    monkeypatch.setattr(stages, "sample", lambda *a, **k: ro)
-    scorer = lambda prompts, responses: torch.tensor([2.0, 1.8, 0.0, 5.0])  # noqa: E731
-    picked, rows = stages.best_of_n(_ctx(tmp_path, ppo_missing_eos_penalty=0.5), "m", ["p1", "p2"], 2, 0, "bon", scorer=scorer)
+    picked, rows = select_best(["p1", "p2"], ro, torch.tensor([2.0, 1.8, 0.0, 5.0]), 2, missing_eos_penalty=0.5)
     assert picked == ["done.", "much better but cut"]
     assert rows[0]["best"] == 1 and rows[0]["ended"] == [False, True] and rows[0]["penalised_scores"] == pytest.approx([1.5, 1.8])
     assert rows[0]["scores"] == pytest.approx([2.0, 1.8])

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import click
 
 from rlhfkit.cli_options import dataclass_options, quiet_libraries, run_reporting_errors
-from rlhfkit.pipeline.config import PRESETS, PipelineConfig, bundled_config_path, preset_overrides
+from rlhfkit.pipeline.config import PRESETS, SECTIONS, PipelineConfig, bundled_config_path, preset_overrides
 
 
 def _print_result(run: Path, result: dict) -> None:
@@ -35,35 +34,43 @@ def _run(cfg: PipelineConfig):
     _print_result(Path(cfg.out), result)
 
 
-def _load(config_file, preset, kw) -> PipelineConfig:
-    from rlhfkit.config import load_config
+def _load(config_file, preset, kw, sets=()) -> PipelineConfig:
+    from rlhfkit.pipeline.config import load_pipeline_config, parse_sets
 
-    overrides = preset_overrides(preset) if preset else {}
-    overrides.update({k: v for k, v in kw.items() if v is not None})
     try:
-        return load_config(PipelineConfig, config_file, overrides)
+        layers = [preset_overrides(preset) if preset else {}, {k: v for k, v in kw.items() if v is not None}, parse_sets(sets)]
+        return load_pipeline_config(config_file, *layers)
     except (ValueError, TypeError) as e:
         raise click.UsageError(str(e))
 
 
+def _options() -> list[click.Parameter]:
+    """A flag per top-level option; the methods' sections take ``--set SECTION.OPTION=VALUE``."""
+    sections = ", ".join(SECTIONS)
+    return [o for o in dataclass_options(PipelineConfig) if o.name not in SECTIONS] + [
+        click.Option(["--set", "sets"], multiple=True, metavar="SECTION.OPTION=VALUE",
+                     help=f"Set an option of a method's section ({sections}): e.g. --set ppo.steps=20 --set sft.lr=1e-4; "
+                          "a section takes the options of its command (rlhfkit ppo --help). Repeatable.")]
+
+
 def register(app: click.Group) -> None:
-    @click.command("pipeline", params=[click.Argument(["config_file"], type=click.Path(exists=True, dir_okay=False))] + dataclass_options(PipelineConfig))
-    def pipeline(config_file, **kw):
+    @click.command("pipeline", params=[click.Argument(["config_file"], type=click.Path(exists=True, dir_okay=False))] + _options())
+    def pipeline(config_file, sets, **kw):
         """Run the RLHF pipeline described by CONFIG_FILE (YAML): SFT, preferences from the simulated
         panel, reward model, PPO, best-of-n, expert iteration, evaluation. Flags override the file."""
         quiet_libraries()
-        run_reporting_errors(_run, _load(config_file, None, kw))
+        run_reporting_errors(_run, _load(config_file, None, kw, sets))
 
     @click.command("demo", params=[click.Option(["--preset"], type=click.Choice(list(PRESETS)), default="demo", show_default=True,
                                                 help="demo: SmolLM2-135M (14 min on 2 cores with native bf16, 50 min in fp32 without); smoke: the tiny model (< 2 min).")]
-                   + dataclass_options(PipelineConfig))
-    def demo(preset, **kw):
+                   + _options())
+    def demo(preset, sets, **kw):
         """The pipeline on the bundled config (movie-review continuation, SmolLM2-135M-Instruct), then the
         lecture's comparison table."""
         quiet_libraries()
         if preset == "smoke" and kw.get("out") is None:
             kw["out"] = "runs/smoke"
-        run_reporting_errors(_run, _load(str(bundled_config_path()), preset, kw))
+        run_reporting_errors(_run, _load(str(bundled_config_path()), preset, kw, sets))
 
     @click.command("eval")
     @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
@@ -74,16 +81,14 @@ def register(app: click.Group) -> None:
         """Evaluate every method found in RUN_DIR against the initial model: simulated win-rate with its
         standard error, gold and proxy reward, KL to SFT, length; writes winrates.json, samples/, report.md/html."""
         quiet_libraries()
-        import yaml
+        from rlhfkit.pipeline.config import load_pipeline_config
 
         saved = Path(run_dir) / "pipeline.yaml"
-        values = yaml.safe_load(saved.read_text()) if saved.exists() else {}
-        values.update(out=run_dir, stages="eval")
-        if human:
-            values["human"] = human
-        if eval_prompts:
-            values["eval_prompts"] = eval_prompts
-        cfg = PipelineConfig(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(PipelineConfig)}})
+        try:  # the run's own settings; its sections' wired paths are wired again for RUN_DIR
+            cfg = load_pipeline_config(saved if saved.exists() else None,
+                                       dict(out=run_dir, stages="eval", human=human, eval_prompts=eval_prompts), allow_wired=True)
+        except (ValueError, TypeError) as e:
+            raise click.UsageError(f"{saved}: {e}")
         run_reporting_errors(_run, cfg)
 
     app.add_command(pipeline)

@@ -1,0 +1,87 @@
+"""What the pipeline's stages share: the config (each method's section wired to this run), the run
+directory, the task and its judge, and sampling n responses per prompt from a model of the run."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from rlhfkit.pipeline.config import PipelineConfig, wire
+
+
+class Context:
+    """What the stages share: config, run dir, the task, and lazily the task's judge."""
+
+    def __init__(self, cfg: PipelineConfig, progress: bool = True):
+        from rlhfkit.precision import resolve_bf16
+        from rlhfkit.tasks import load_task
+
+        # one precision decision for every stage (auto: bf16 only where the device computes it natively)
+        cfg = dataclasses.replace(cfg, bf16=resolve_bf16(cfg.bf16))
+        self.run = Path(cfg.out)
+        # each method's section with the paths, seed and precision of this run: what its stage runs
+        self.cfg, self.progress = wire(cfg, self.run, "bf16" if cfg.bf16 else "no"), progress
+        self.run.mkdir(parents=True, exist_ok=True)
+        self.task = load_task(cfg.task)
+        self._judge = None
+        self._opening: dict[str, str] = {}
+
+    # prompts: the policy sees the task's framing of an opening; the judge judges the opening itself
+    def frame(self, openings: list[str]) -> list[str]:
+        out = []
+        for o in openings:
+            p = self.task.format_prompt(o)
+            self._opening[p] = o
+            out.append(p)
+        return out
+
+    def openings_of(self, prompts: list[str]) -> list[str]:
+        return [self._opening.get(p, p) for p in prompts]
+
+    def split(self, name: str, n: int | None = None, start: int = 0) -> list[str]:
+        rows = self.task.prompts(name)
+        return rows[start : start + n] if n else rows[start:]
+
+    @property
+    def judge(self):
+        """The task's judge (``rlhfkit.tasks.Judge``), built on first use: it may load the initial model
+        (the movie-review panel scores fluency under it)."""
+        if self._judge is None:
+            self._judge = self.task.make_judge(self.cfg.model, self.cfg.bf16, self.cfg.seed)
+        return self._judge
+
+    def gold(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return torch.as_tensor(self.judge.gold_reward(self.openings_of(prompts), responses), dtype=torch.float32)
+
+    @property
+    def mp(self) -> str:
+        return "bf16" if self.cfg.bf16 else "no"
+
+
+def gen_config(ctx: Context, temperature: float):
+    """The pipeline's sampling settings (one max_new_tokens and generation batch for every method)."""
+    from rlhfkit.rollout import GenerationConfig
+
+    c = ctx.cfg
+    return GenerationConfig(max_new_tokens=c.max_new_tokens, temperature=temperature, batch_size=c.gen_batch_size,
+                            system_prompt=c.system_prompt)
+
+
+def sample(ctx: Context, model_path, prompts: list[str], n: int, temperature: float, seed: int, label: str, lm=None):
+    """n responses per prompt from the model at ``model_path`` (grouped: prompt i's are rows i*n .. i*n+n-1)."""
+    from rlhfkit.models import load_frozen_lm, load_tokenizer
+    from rlhfkit.train.best_of_n import sample_grouped
+
+    tok = load_tokenizer(model_path)
+    lm = lm if lm is not None else load_frozen_lm(model_path, ctx.cfg.bf16)
+    return sample_grouped(lm, tok, prompts, n, gen_config(ctx, temperature), seed, ctx.cfg.bf16, label, ctx.progress)
+
+
+def reward_scorer(ctx: Context):
+    """The reward model as the pipeline uses it: its saved system prompt and token limits, and centred
+    (SFT samples score mean 0), so the reported proxy reads as "better or worse than SFT"."""
+    from rlhfkit.scoring import RewardScorer
+
+    return RewardScorer.load(ctx.run / "reward", batch_size=64, bf16=ctx.cfg.bf16, center=True)
