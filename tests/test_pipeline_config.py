@@ -88,3 +88,10 @@ def test_a_section_given_as_a_mapping_in_python():
     assert (cfg.ppo.steps, cfg.ppo.max_kl, cfg.expert_iteration.rounds) == (4, 3.0, 1)
     with pytest.raises(ValueError, match="unknown option ppo.nope"):
         PipelineConfig(ppo={"nope": 1})
+
+
+def test_a_presets_none_is_a_value():
+    """The smoke preset's system_prompt=None used to be dropped like a flag left out (the tiny model then
+    got the default system message)."""
+    assert load_pipeline_config(None, preset_overrides("smoke")).system_prompt is None
+    assert load_pipeline_config(None, {}).system_prompt == PipelineConfig().system_prompt

@@ -86,7 +86,8 @@ def register(app: click.Group) -> None:
         saved = Path(run_dir) / "pipeline.yaml"
         try:  # the run's own settings; its sections' wired paths are wired again for RUN_DIR
             cfg = load_pipeline_config(saved if saved.exists() else None,
-                                       dict(out=run_dir, stages="eval", human=human, eval_prompts=eval_prompts), allow_wired=True)
+                                       {k: v for k, v in dict(out=run_dir, stages="eval", human=human, eval_prompts=eval_prompts).items() if v is not None},
+                                       allow_wired=True)
         except (ValueError, TypeError) as e:
             raise click.UsageError(f"{saved}: {e}")
         run_reporting_errors(_run, cfg)

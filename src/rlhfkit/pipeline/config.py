@@ -98,7 +98,7 @@ def section(name: str, help: str):
 class PipelineConfig:
     out: str = opt("runs/demo", "Run directory; every stage writes its own folder in it.")
     model: str = opt("smollm2-135m", "Initial model (alias, .gguf or folder).")
-    task: str = opt("movie_reviews", "Bundled task.")
+    task: str = opt("movie_reviews", "Bundled task name (rlhfkit.tasks.available_tasks()), or the path of a task folder (see src/rlhfkit/tasks/movie_reviews/README.md).")
     seed: int = opt(0, "Seed of every stage.")
     system_prompt: str | None = opt("You are a helpful assistant.", "System message for the chat template (short: prompts cost tokens).")
     bf16: bool | None = opt(None, "bf16 autocast for sampling, scoring and training. Not given (auto): bf16 only where the device computes it natively (CPUs with AVX-512 BF16 or AMX: ~2x faster; on other CPUs bf16 is many times slower than fp32), fp32 elsewhere.")
@@ -229,7 +229,8 @@ def parse_sets(assignments: list[str] | tuple[str, ...]) -> dict:
 
 
 def load_pipeline_config(path: str | Path | None = None, *layers: Mapping, allow_wired: bool = False) -> PipelineConfig:
-    """defaults < YAML file at ``path`` < each of ``layers`` in turn (None values ignored in the top level).
+    """defaults < YAML file at ``path`` < each of ``layers`` in turn. A None value is a value (a preset's
+    ``system_prompt=None``: no system message); leave out what is not given.
 
     ``allow_wired``: drop wired section values instead of refusing them (reading a run's saved pipeline.yaml,
     which records them; the pipeline wires them again)."""
@@ -242,7 +243,7 @@ def load_pipeline_config(path: str | Path | None = None, *layers: Mapping, allow
         sources.append((str(path), raw))
     sources += [("command line", layer) for layer in layers]
     for where, raw in sources:
-        layer = _normalise({k: v for k, v in raw.items() if v is not None}, where, allow_wired)
+        layer = _normalise(raw, where, allow_wired)
         for k, v in layer.items():
             if k in SECTIONS:
                 values.setdefault(k, {}).update(v)
