@@ -98,3 +98,15 @@ class RewardScorer:
                 out.append(self.rm(ids, mask, response_start=start).float())
         scores = torch.cat(out) if out else torch.zeros(0)
         return scores - self.rm.reference_mean if self.center else scores
+
+
+def load_reward(cfg, device: torch.device | str | None = "cpu") -> RewardFn:
+    """The reward a method's config names: ``cfg.reward_fn`` ('module:function') or ``cfg.reward_model`` (a
+    folder from ``rlhfkit reward``, scored with its saved system prompt and token limits, centred so that its
+    reference responses score mean 0, in bf16 when ``cfg.mixed_precision`` is bf16)."""
+    if cfg.reward_fn:
+        return load_reward_fn(cfg.reward_fn)
+    if cfg.reward_model:
+        return RewardScorer.load(cfg.reward_model, batch_size=cfg.reward_batch_size, center=True,
+                                 bf16=cfg.mixed_precision == "bf16", device=device)
+    raise ValueError("a reward is needed: --reward-model DIR or --reward-fn module:function")

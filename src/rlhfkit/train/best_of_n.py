@@ -22,7 +22,7 @@ import torch
 from rlhfkit.config import BestOfNConfig
 from rlhfkit.data import load_prompts, write_jsonl
 from rlhfkit.rollout import GenerationConfig, Rollout, generate
-from rlhfkit.scoring import RewardFn, as_scores, load_reward_fn
+from rlhfkit.scoring import RewardFn, as_scores, load_reward
 from rlhfkit.train.common import progress_bar, resolve_config_precision, seed_everything, write_run_info
 
 
@@ -91,19 +91,6 @@ def best_of_n(lm, tokenizer, prompts: list[str], reward_fn: RewardFn, n: int, ge
     return select_best(prompts, ro, scores, n, missing_eos_penalty)
 
 
-def load_reward(cfg, device: torch.device | str = "cpu") -> RewardFn:
-    """The reward a config names: ``reward_fn`` ('module:function') or ``reward_model`` (a folder from
-    ``rlhfkit reward``, scored with its saved system prompt and token limits, centred on its reference)."""
-    if cfg.reward_fn:
-        return load_reward_fn(cfg.reward_fn)
-    if cfg.reward_model:
-        from rlhfkit.scoring import RewardScorer
-
-        return RewardScorer.load(cfg.reward_model, batch_size=cfg.reward_batch_size, center=True,
-                                 bf16=cfg.mixed_precision == "bf16", device=device)
-    raise ValueError("a reward is needed: --reward-model DIR or --reward-fn module:function")
-
-
 def generation_config(cfg) -> GenerationConfig:
     return GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                             batch_size=cfg.batch_size, system_prompt=cfg.system_prompt, chat_template=cfg.chat_template)
@@ -130,7 +117,7 @@ def run_best_of_n(cfg: BestOfNConfig, reward_fn: RewardFn | None = None, progres
         run_best_of_n(BestOfNConfig(model="runs/sft", reward_model="runs/reward", prompts="prompts.jsonl",
                                     n=16, out="runs/best_of_n"))
     """
-    from rlhfkit.models import default_device, load_causal_lm, load_tokenizer
+    from rlhfkit.models import default_device, load_frozen_lm, load_tokenizer
 
     if cfg.n < 1:
         raise ValueError(f"n must be at least 1, got {cfg.n}")
@@ -141,7 +128,7 @@ def run_best_of_n(cfg: BestOfNConfig, reward_fn: RewardFn | None = None, progres
         torch.set_num_threads(cfg.threads)
     device = default_device()
     reward_fn = reward_fn or load_reward(cfg, device)
-    lm = load_causal_lm(cfg.model, trainable=False).to(device)
+    lm = load_frozen_lm(cfg.model, precision == "bf16")
     tok = load_tokenizer(cfg.model)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,4 +138,4 @@ def run_best_of_n(cfg: BestOfNConfig, reward_fn: RewardFn | None = None, progres
     return write_best_of_n(out, prompts, picked, rows, cfg.n)
 
 
-__all__ = ["best_of_n", "select_best", "sample_grouped", "run_best_of_n", "load_reward", "write_best_of_n", "generation_config"]
+__all__ = ["best_of_n", "select_best", "sample_grouped", "run_best_of_n", "write_best_of_n", "generation_config"]

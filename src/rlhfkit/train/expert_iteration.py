@@ -19,8 +19,8 @@ import numpy as np
 
 from rlhfkit.config import ExpertIterationConfig, SFTConfig
 from rlhfkit.data import load_prompts, write_jsonl
-from rlhfkit.scoring import RewardFn
-from rlhfkit.train.best_of_n import generation_config, load_reward, sample_grouped, select_best
+from rlhfkit.scoring import RewardFn, load_reward
+from rlhfkit.train.best_of_n import generation_config, sample_grouped, select_best
 from rlhfkit.train.common import resolve_config_precision
 
 
@@ -52,8 +52,7 @@ def expert_iteration(cfg: ExpertIterationConfig, prompts: list[str], reward_fn: 
         prompts: plain-string prompts, at least ``rounds x prompts_per_round`` of them.
         reward_fn: any ``(prompts, responses) -> scores``.
         sample_seed: round -> seed of that round's sampling stream (default: ``cfg.seed + 1000 * round``).
-        load_lm: path -> causal LM to sample from (default: ``load_causal_lm(path, trainable=False)`` on the
-            default device).
+        load_lm: path -> causal LM to sample from (default: ``models.load_frozen_lm``).
         progress: show progress bars.
 
     Example::
@@ -61,13 +60,13 @@ def expert_iteration(cfg: ExpertIterationConfig, prompts: list[str], reward_fn: 
         expert_iteration(ExpertIterationConfig(model="runs/sft", prompts="p.jsonl", out="runs/ei", rounds=2),
                          prompts, RewardScorer.load("runs/reward"))
     """
-    from rlhfkit.models import default_device, load_causal_lm, load_tokenizer
+    from rlhfkit.models import load_frozen_lm, load_tokenizer
     from rlhfkit.train.sft import train_sft
 
     need = cfg.rounds * cfg.prompts_per_round
     if len(prompts) < need:
         raise ValueError(f"expert iteration needs rounds x prompts_per_round = {need} prompts, got {len(prompts)}")
-    load_lm = load_lm or (lambda path: load_causal_lm(path, trainable=False).to(default_device()))
+    load_lm = load_lm or (lambda path: load_frozen_lm(path, cfg.mixed_precision == "bf16"))
     sample_seed = sample_seed or (lambda r: cfg.seed + 1000 * r)
     out = Path(cfg.out)
     bf16 = cfg.mixed_precision == "bf16"
