@@ -235,3 +235,18 @@ def lora_settings(cfg):
     if not cfg.lora_r:
         return None
     return LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, target_modules=[s.strip() for s in cfg.lora_targets.split(",") if s.strip()])
+
+
+def save_model(accelerator, model, tokenizer, out: Path, merge: bool) -> None:
+    """Plain safetensors that ``from_pretrained`` loads; a LoRA model is merged into a copy first when
+    ``merge`` (final models), or saved as a peft adapter folder (checkpoints)."""
+    import copy
+
+    from rlhfkit.models import is_peft
+
+    model = accelerator.unwrap_model(model)
+    if is_peft(model) and merge:
+        model = copy.deepcopy(model).merge_and_unload()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)

@@ -26,9 +26,8 @@ from rlhfkit.forward import autocast_context, forward_response, prompt_format
 from rlhfkit.models import PolicyWithValue, is_peft, load_causal_lm, load_tokenizer
 from rlhfkit.rollout import GenerationConfig, Rollout, generate
 from rlhfkit.scoring import RewardFn, as_scores, load_reward_fn
-from rlhfkit.train.common import Batches, Timer, lora_settings, make_optimizer, resolve_config_precision
+from rlhfkit.train.common import Batches, Timer, make_optimizer, resolve_config_precision, save_model
 from rlhfkit.train.run import TrainingRun
-from rlhfkit.train.sft import save_model
 
 
 class KLController:
@@ -86,12 +85,7 @@ class PPOTrainer:
         self.run = TrainingRun(cfg, "PPO", progress=progress)
         self.out, self.accelerator, resume_ckpt = self.run.out, self.run.accelerator, self.run.resume_from
         self.tokenizer = load_tokenizer(cfg.model)
-        # a run starts from the function cfg.model stands for (an adapter folder is merged into its base);
-        # a resumed LoRA run trains its checkpoint's adapters on
-        if resume_ckpt:
-            lm = load_causal_lm(resume_ckpt / "model", lora=lora_settings(cfg))
-        else:
-            lm = load_causal_lm(cfg.model, lora=lora_settings(cfg), merge=True)
+        lm = self.run.load_lm()
         self.policy = PolicyWithValue(lm)
         # the KL reference is cfg.model: with LoRA (adapters added on top of it) the same network with
         # adapters off; otherwise a frozen copy. Not "is_peft": a policy loaded from an adapter folder is a

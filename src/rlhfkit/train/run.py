@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 
 from rlhfkit.train.common import (
-    Batches, MetricsLog, latest_checkpoint, load_trainer_state, make_accelerator, progress_bar, rng_state,
-    save_trainer_state, seed_everything, set_rng_state, write_run_info,
+    Batches, MetricsLog, latest_checkpoint, load_trainer_state, lora_settings, make_accelerator, progress_bar,
+    rng_state, save_trainer_state, seed_everything, set_rng_state, write_run_info,
 )
 
 
@@ -36,15 +36,15 @@ class TrainingRun:
         grad_accum: micro-batches per optimiser step, for the accelerator.
         progress: show the progress bar (main process only).
 
-    Then, in the trainer: load the model from ``resume_from / "model"`` when it is set; ``track()`` the
-    optimiser, scheduler, batches and generator (restored when resuming, saved in checkpoints);
-    ``loop()`` around the training loop, calling ``log()``, ``advance()`` and ``maybe_checkpoint()``
-    each step; ``finish()`` to write the final model.
+    Then, in the trainer: load the model (``load_lm()``, or from ``resume_from / "model"`` when that is
+    set); ``track()`` the optimiser, scheduler, batches and generator (restored when resuming, saved in
+    checkpoints); ``loop()`` around the training loop, calling ``log()``, ``advance()`` and
+    ``maybe_checkpoint()`` each step; ``finish()`` to write the final model.
 
     Example::
 
         run = TrainingRun(cfg, "SFT", cfg.grad_accum)
-        model = load_causal_lm(run.resume_from / "model" if run.resume_from else cfg.model)
+        model = run.load_lm()
         optimizer, scheduler = make_optimizer(model.parameters(), cfg.lr)
         model, optimizer, scheduler = run.accelerator.prepare(model, optimizer, scheduler)
         batches = Batches(len(examples), cfg.batch_size, cfg.seed)
@@ -79,6 +79,17 @@ class TrainingRun:
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
+
+    def load_lm(self, model: str | None = None):
+        """The causal LM this run trains: the checkpoint's when resuming (a LoRA run's checkpoint is an
+        adapter folder: its adapters train on), else the function ``model`` (default ``cfg.model``)
+        stands for (an adapter folder merged into its base), with fresh adapters when ``cfg.lora_r``."""
+        from rlhfkit.models import load_causal_lm
+
+        lora = lora_settings(self.cfg)
+        if self.resume_from:
+            return load_causal_lm(self.resume_from / "model", lora=lora)
+        return load_causal_lm(model or self.cfg.model, lora=lora, merge=True)
 
     def track(self, optimizer, scheduler=None, batches: Batches | None = None, generator: torch.Generator | None = None,
               save: Callable[[Path], None] | None = None) -> int:

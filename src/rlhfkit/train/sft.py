@@ -9,9 +9,9 @@ import torch
 from rlhfkit import ops
 from rlhfkit.config import SFTConfig
 from rlhfkit.data import Conversation, Message, SFTExample, load_sft
-from rlhfkit.models import is_peft, load_causal_lm, load_tokenizer
+from rlhfkit.models import load_tokenizer
 from rlhfkit.forward import format_prompts, forward_response, prompt_format
-from rlhfkit.train.common import Batches, Timer, lora_settings, make_optimizer
+from rlhfkit.train.common import Batches, Timer, make_optimizer, save_model
 from rlhfkit.train.run import TrainingRun, total_steps
 
 
@@ -105,19 +105,6 @@ def sft_loss(model, batch) -> torch.Tensor:
     return -ops.masked_mean(logp, loss_mask)
 
 
-def save_model(accelerator, model, tokenizer, out: Path, merge: bool) -> None:
-    """Plain safetensors that ``from_pretrained`` loads; a LoRA model is merged into a copy first when
-    ``merge`` (final models), or saved as a peft adapter folder (checkpoints)."""
-    import copy
-
-    model = accelerator.unwrap_model(model)
-    if is_peft(model) and merge:
-        model = copy.deepcopy(model).merge_and_unload()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-
-
 def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
     """Supervised fine-tuning of ``cfg.model`` on ``cfg.data`` (JSONL of prompt/completion, chat messages or
     plain text; see ``load_sft``) by ``sft_loss``; writes the model (LoRA merged), config.yaml,
@@ -141,10 +128,7 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
     accelerator = run.accelerator
     examples = load_sft(cfg.data, cfg.chat_template)  # a malformed line stops here, before any model is loaded
     tokenizer = load_tokenizer(cfg.model)
-    if run.resume_from:  # a LoRA run's checkpoint is an adapter folder: its adapters train on
-        model = load_causal_lm(run.resume_from / "model", lora=lora_settings(cfg))
-    else:  # the function cfg.model stands for (an adapter folder merged), with fresh adapters if asked
-        model = load_causal_lm(cfg.model, lora=lora_settings(cfg), merge=True)
+    model = run.load_lm()
     model.train()
     total = total_steps(cfg, len(examples))
     optimizer, scheduler = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps)
