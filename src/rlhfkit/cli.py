@@ -3,10 +3,7 @@ its config dataclass (flags override the file); ``--help`` lists every option wi
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
-import typer
 
 from rlhfkit import config as C
 from rlhfkit.cli_options import config_command, quiet_libraries, run_reporting_errors

@@ -138,7 +138,6 @@ def eval_records(engine: sa.Engine) -> Iterator[dict]:
         rows = _label_rows(s, ("pairwise",), include_gold=False)
     for user, label, task, _ in rows:
         ref = task.reference_source
-        resp = {r.id: r for r in task.responses}
         refs = [r for r in task.responses if r.source == ref]
         meths = [r for r in task.responses if r.source != ref]
         if ref is None or len(refs) != 1 or len(meths) != 1:

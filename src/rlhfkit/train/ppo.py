@@ -25,7 +25,7 @@ from rlhfkit.data import load_prompts
 from rlhfkit.forward import autocast_context, forward_response, prompt_format
 from rlhfkit.models import PolicyWithValue, is_peft, load_causal_lm, load_tokenizer
 from rlhfkit.rollout import GenerationConfig, Rollout, generate
-from rlhfkit.scoring import RewardFn, as_scores, load_reward_fn
+from rlhfkit.scoring import RewardFn, as_scores, load_reward
 from rlhfkit.train.common import Batches, Timer, make_optimizer, resolve_config_precision, save_model
 from rlhfkit.train.run import TrainingRun
 
@@ -363,16 +363,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, gold_fn: Reward
     """
     prompts = [r["prompt"] for r in load_prompts(cfg.prompts, cfg.chat_template)]  # malformed lines stop here
     resolve_config_precision(cfg)  # before the reward scorer is built: it follows the same decision
-    if reward_fn is None:
-        if cfg.reward_fn:
-            reward_fn = load_reward_fn(cfg.reward_fn)
-        elif cfg.reward_model:
-            from rlhfkit.scoring import RewardScorer
-
-            # the reward model's own system prompt and token limits (saved with it), centred so that its
-            # reference responses score mean 0 (the head has no bias to hold the shift)
-            reward_fn = RewardScorer.load(cfg.reward_model, batch_size=cfg.reward_batch_size, center=True, bf16=cfg.mixed_precision == "bf16",
-                                          device="cpu")  # the trainer moves it to its own device
-        else:
-            raise ValueError("PPO needs a reward: --reward-model DIR or --reward-fn module:function")
+    # a reward model scores with its own system prompt and token limits, centred on its reference responses;
+    # loaded on the CPU, the trainer moves it to its own device
+    reward_fn = reward_fn or load_reward(cfg, device="cpu")
     return PPOTrainer(cfg, reward_fn, prompts, gold_fn, progress).train()
