@@ -930,6 +930,11 @@ def _all_calls(dtype, device="cpu"):
         "bradley_terry_loss": lambda: ops.bradley_terry_loss(r(4), r(4), r(4).abs()),
         "dpo_loss": lambda: ops.dpo_loss(lp[:, 0], old[:, 0], ref[:, 0], lp[:, 1]),
         "rloo_advantages": lambda: ops.rloo_advantages(r(3, 4)),
+        "reinforce_advantages": lambda: ops.reinforce_advantages(r(3, 4), "batch_mean")[0],
+        "kl_penalized_scores": lambda: ops.kl_penalized_scores(r(4), lp, ref, mask, 0.1, "k3"),
+        "reinforce_loss": lambda: ops.reinforce_loss(lp, mask, r(4)),
+        "mle_loss": lambda: ops.mle_loss(lp, mask, "token"),
+        "pg_grad_variance": lambda: ops.pg_grad_variance(r(4, 5), r(4)),
     }
 
 
@@ -969,3 +974,135 @@ def test_cuda_matches_cpu(name):
         assert d.device.type == "cuda"
         # equal_nan: an empty mask row averages to nan on both devices (masked_mean_dim has one)
         torch.testing.assert_close(d.cpu(), c, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+# =========================================================================== REINFORCE
+
+
+def ref_reinforce_advantages(rewards, baseline, state, value, decay):
+    P, K = rewards.shape
+    r = [[float(rewards[p, k]) for k in range(K)] for p in range(P)]
+    mean = sum(sum(row) for row in r) / (P * K)
+    new_state = state
+    if baseline == "none":
+        b = [[0.0] * K for _ in range(P)]
+    elif baseline == "constant":
+        b = [[value] * K for _ in range(P)]
+    elif baseline == "moving_average":
+        past = value if state is None else state
+        b = [[past] * K for _ in range(P)]
+        new_state = mean if state is None else decay * state + (1 - decay) * mean
+    elif baseline == "batch_mean":
+        b = [[mean] * K for _ in range(P)]
+    else:  # leave_one_out
+        b = [[(sum(row) - row[k]) / (K - 1) for k in range(K)] for row in r]
+    return torch.tensor([[r[p][k] - b[p][k] for k in range(K)] for p in range(P)], dtype=F64), new_state
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("baseline", ops.BASELINES)
+@pytest.mark.parametrize("state", [None, 0.7])
+def test_reinforce_advantages_matches_reference(seed, baseline, state):
+    g = torch.Generator().manual_seed(seed)
+    rewards = randn(g, 3, 4) + 10.0
+    adv, new_state = call_pure(ops.reinforce_advantages, rewards, baseline, state, value=2.5, decay=0.8)
+    want, want_state = ref_reinforce_advantages(rewards, baseline, state, 2.5, 0.8)
+    assert_close(adv, want)
+    if want_state is None:
+        assert new_state is None
+    else:
+        assert abs(new_state - want_state) < 1e-9
+
+
+def test_reinforce_advantages_by_hand():
+    r = t64([[1.0, 3.0], [5.0, 7.0]])
+    assert_close(ops.reinforce_advantages(r, "none")[0], [[1.0, 3.0], [5.0, 7.0]])
+    assert_close(ops.reinforce_advantages(r, "constant", value=1.0)[0], [[0.0, 2.0], [4.0, 6.0]])
+    assert_close(ops.reinforce_advantages(r, "batch_mean")[0], [[-3.0, -1.0], [1.0, 3.0]])
+    assert_close(ops.reinforce_advantages(r, "leave_one_out")[0], [[-2.0, 2.0], [-2.0, 2.0]])
+    # moving average: the first batch is centred on `value`, and the state becomes its mean (4);
+    # the second on 4, and the state moves a tenth of the way to the new mean (14): 5
+    adv, st = ops.reinforce_advantages(r, "moving_average", None, value=0.0, decay=0.9)
+    assert_close(adv, [[1.0, 3.0], [5.0, 7.0]])
+    assert st == 4.0
+    adv, st = ops.reinforce_advantages(r + 10, "moving_average", st, decay=0.9)
+    assert_close(adv, [[7.0, 9.0], [11.0, 13.0]])
+    assert abs(st - 5.0) < 1e-12
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        ops.reinforce_advantages(r, "mean")
+    with pytest.raises(ValueError, match="K >= 2"):
+        ops.reinforce_advantages(t64([[1.0], [2.0]]), "leave_one_out")
+    with pytest.raises(ValueError, match="decay"):
+        ops.reinforce_advantages(r, "moving_average", decay=1.0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("kind", ["k1", "k3"])
+def test_kl_penalized_scores_matches_reference(seed, kind):
+    g = torch.Generator().manual_seed(seed)
+    B, T = 5, 7
+    mask = make_mask(g, B, T, "bool")
+    scores, lp, rp = randn(g, B), -randn(g, B, T).abs(), -randn(g, B, T).abs()
+    out = call_pure(ops.kl_penalized_scores, scores, lp, rp, mask, 0.3, kind)
+    want = []
+    for b in range(B):
+        total = float(scores[b])
+        for t in range(T):
+            if real(mask, b, t):
+                d = float(lp[b, t]) - float(rp[b, t])
+                total -= 0.3 * (d if kind == "k1" else math.exp(-d) - 1 + d)
+        want.append(total)
+    assert_close(out, want)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_reinforce_loss_and_mle_loss_match_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    B, T = 5, 6
+    mask = make_mask(g, B, T, "float")
+    lp, adv = -randn(g, B, T).abs(), randn(g, B)
+    seq = [sum(float(lp[b, t]) for t in range(T) if real(mask, b, t)) for b in range(B)]
+    assert_close(call_pure(ops.reinforce_loss, lp, mask, adv), -sum(float(adv[b]) * seq[b] for b in range(B)) / B)
+    assert_close(call_pure(ops.mle_loss, lp, mask), -sum(seq) / B)
+    n = sum(1 for b in range(B) for t in range(T) if real(mask, b, t))
+    assert_close(call_pure(ops.mle_loss, lp, mask, "token"), -sum(seq) / n)
+
+
+def test_reinforce_loss_gradient_is_the_policy_gradient():
+    # d/d logp[b, t] of the surrogate is -A[b] / B on real tokens, 0 on padding; A gets no gradient
+    lp = t64([[-1.0, -2.0, -3.0], [-0.5, -0.5, 0.0]]).requires_grad_()
+    adv = t64([2.0, -4.0]).requires_grad_()
+    mask = t64([[1, 1, 1], [1, 1, 0]])
+    loss = ops.reinforce_loss(lp, mask, adv)
+    assert_close(loss, -(2.0 * -6.0 + -4.0 * -1.0) / 2)
+    loss.backward()
+    assert_close(lp.grad, [[-1.0, -1.0, -1.0], [2.0, 2.0, 0.0]])
+    assert adv.grad is None
+    with pytest.raises(ValueError, match="advantages must have shape"):
+        ops.reinforce_loss(lp, mask, t64([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="reduction"):
+        ops.mle_loss(lp, mask, "mean")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_pg_grad_variance_matches_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    N, D = 6, 4
+    s, adv = randn(g, N, D), randn(g, N)
+    vecs = [[float(adv[n]) * float(s[n, d]) for d in range(D)] for n in range(N)]
+    mean = [sum(v[d] for v in vecs) / N for d in range(D)]
+    want = sum(sum((v[d] - mean[d]) ** 2 for d in range(D)) for v in vecs) / N
+    assert_close(call_pure(ops.pg_grad_variance, s, adv), want)
+
+
+def test_pg_grad_variance_by_hand_and_a_baseline_lowers_it():
+    s = t64([[1.0, 0.0], [0.0, 1.0]])
+    # g = [[3, 0], [0, 1]], mean [1.5, 0.5]: each deviates by (1.5, -0.5) -> 2.5
+    assert_close(ops.pg_grad_variance(s, t64([3.0, 1.0])), 2.5)
+    # a large common offset in the rewards inflates the variance; subtracting the mean removes it
+    g = torch.Generator().manual_seed(0)
+    scores, rewards = randn(g, 64, 8), randn(g, 64) + 10.0
+    centred = ops.reinforce_advantages(rewards.view(16, 4), "leave_one_out")[0].flatten()
+    assert ops.pg_grad_variance(scores, centred) < 0.1 * ops.pg_grad_variance(scores, rewards)
+    with pytest.raises(ValueError, match="score_grads"):
+        ops.pg_grad_variance(s, t64([1.0]))

@@ -1,5 +1,5 @@
 """Pure tensor math of RLHF: log-probs, masked statistics, KL penalties, GAE, PPO,
-reward-model and DPO losses.
+reward-model and DPO losses, REINFORCE (baselines, loss, MLE term, gradient variance).
 
 Every function here is a pure function of tensors: it never modifies its inputs in
 place, holds no state, reads no config, and works on any device for float32,
@@ -50,6 +50,11 @@ __all__ = [
     "dpo_loss",
     "ranking_pairs",
     "rloo_advantages",
+    "reinforce_advantages",
+    "kl_penalized_scores",
+    "reinforce_loss",
+    "mle_loss",
+    "pg_grad_variance",
 ]
 
 KL_KINDS = ("k1", "k2", "k3")
@@ -530,3 +535,138 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
         )
     k = rewards.shape[1]
     return rewards - (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
+
+
+# --------------------------------------------------------------------------- REINFORCE
+
+BASELINES = ("none", "constant", "moving_average", "batch_mean", "leave_one_out")
+
+
+def reinforce_advantages(
+    rewards: torch.Tensor,
+    baseline: str,
+    state: float | None = None,
+    value: float = 0.0,
+    decay: float = 0.9,
+) -> tuple[torch.Tensor, float | None]:
+    """REINFORCE advantages ``A = r - b`` under one of ``BASELINES``.
+
+    rewards: (P, K) sequence rewards of K samples for each of P prompts.
+    baseline:
+      "none":           ``b = 0``.
+      "constant":       ``b = value``.
+      "moving_average": ``b = state``, the exponential moving average of the means of the
+                        *earlier* batches (``value`` for the first batch, when ``state`` is
+                        None); so b never depends on the rewards it is subtracted from.
+      "batch_mean":     ``b = mean of all P*K rewards`` (each sample's own reward included,
+                        so the estimate is biased by a factor (1 - 1/(P*K)); the simple choice).
+      "leave_one_out":  ``b[p, k] = mean_{j != k} r[p, j]`` (RLOO; ``rloo_advantages``), K >= 2.
+    state: the moving average before this batch (None before the first); other baselines
+        pass it through unchanged.
+    decay: the moving average's ``d``: after the batch ``state' = d * state + (1 - d) *
+        mean(r)``; after the first batch (state None) ``state' = mean(r)``.
+    returns: (advantages (P, K) in rewards' dtype, state').
+    """
+    if rewards.dim() != 2:
+        raise ValueError(f"ops.reinforce_advantages: rewards must be (P, K), got shape {tuple(rewards.shape)}")
+    if baseline == "none":
+        return rewards.clone(), state
+    if baseline == "constant":
+        return rewards - value, state
+    if baseline == "moving_average":
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"ops.reinforce_advantages: decay must be in [0, 1), got {decay}")
+        b = value if state is None else state
+        mean = float(rewards.to(_compute_dtype(rewards.dtype)).mean())
+        return rewards - b, mean if state is None else decay * state + (1.0 - decay) * mean
+    if baseline == "batch_mean":
+        acc = _compute_dtype(rewards.dtype)
+        return (rewards.to(acc) - rewards.to(acc).mean()).to(rewards.dtype), state
+    if baseline == "leave_one_out":
+        return rloo_advantages(rewards), state
+    raise ValueError(f"ops.reinforce_advantages: baseline must be one of {BASELINES}, got {baseline!r}")
+
+
+def kl_penalized_scores(
+    scores: torch.Tensor,
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float | torch.Tensor,
+    kind: str = "k1",
+) -> torch.Tensor:
+    """Sequence rewards with the per-token KL penalty inside, as PPO's (``kl_shaped_rewards``
+    summed over tokens): ``scores[b] - beta * sum_t kl_penalty(logp, ref_logp, kind)[b, t]``
+    over real tokens (a row with no real token keeps its score).
+
+    With k1 and the log-probs of the sampling policy (no gradient through them), REINFORCE on
+    these rewards is an unbiased gradient of ``E[score] - beta * KL(pi || pi_ref)``: the
+    penalty's own score-function term ``E[grad log pi]`` is 0 (Ahmadian et al. 2024 use this
+    sequence-level reward for RLOO).
+
+    scores: (B,); logp, ref_logp, mask: (B, T). returns: (B,) in logp's dtype.
+    """
+    _check_same_shape("kl_penalized_scores", logp=logp, ref_logp=ref_logp, mask=mask)
+    if tuple(scores.shape) != tuple(logp.shape[:1]):
+        raise ValueError(
+            f"ops.kl_penalized_scores: scores must have shape (B,) = {tuple(logp.shape[:1])}, got {tuple(scores.shape)}"
+        )
+    real = _real(mask)
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    # padding log-probs are sanitised first, as in kl_shaped_rewards
+    kl = kl_penalty(torch.where(real, logp, zero), torch.where(real, ref_logp, zero), kind)
+    return scores.to(logp.dtype) - beta * sequence_logprobs(kl, mask)
+
+
+def reinforce_loss(logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """The REINFORCE surrogate: ``mean_b -(A[b] * log p(y_b | x_b))``, with
+    ``log p(y_b | x_b) = sum_t logp[b, t]`` over real tokens (``sequence_logprobs``). Its
+    gradient is the policy-gradient estimate ``-mean_b A[b] grad log p(y_b | x_b)``.
+
+    logp: (B, T) log pi(y_t | x, y_<t) with gradient; mask: (B, T); advantages: (B,), treated
+        as constants (detached). returns: 0-d tensor.
+    """
+    if tuple(advantages.shape) != tuple(logp.shape[:1]):
+        raise ValueError(
+            f"ops.reinforce_loss: advantages must have shape (B,) = {tuple(logp.shape[:1])}, got {tuple(advantages.shape)}"
+        )
+    seq = sequence_logprobs(logp, mask)
+    return -(advantages.detach().to(seq.dtype) * seq).mean()
+
+
+def mle_loss(logp: torch.Tensor, mask: torch.Tensor, reduction: str = "sequence") -> torch.Tensor:
+    """Negative log-likelihood of reference responses y* (the MLE term of MLE interpolation,
+    InstructGPT's ptx term); multiply by the coefficient alpha at the call site.
+
+    logp: (B, T) log pi(y*_t | x, y*_<t); mask: (B, T) 1 on the tokens the loss is on.
+    reduction: "sequence": ``-mean_b log p(y*_b | x_b)`` (sum over tokens, mean over pairs:
+        the scale of ``reinforce_loss``); "token": ``-masked_mean(logp, mask)`` (the scale of
+        SFT's loss and of PPO's token-mean policy loss).
+    returns: 0-d tensor.
+    """
+    if reduction == "sequence":
+        return -sequence_logprobs(logp, mask).mean()
+    if reduction == "token":
+        return -masked_mean(logp, mask)
+    raise ValueError(f"ops.mle_loss: reduction must be 'sequence' or 'token', got {reduction!r}")
+
+
+def pg_grad_variance(score_grads: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """Variance of the per-sample policy-gradient estimate over a batch.
+
+    score_grads: (N, D) ``s_n = grad_theta log p(y_n | x_n)`` of N samples (over any fixed
+        set of D parameters); advantages: (N,) ``A_n``.
+    returns: 0-d ``(1/N) sum_n || g_n - g_bar ||^2`` with ``g_n = A_n s_n`` (the per-sample
+        gradient of the surrogate, up to sign) and ``g_bar = (1/N) sum_n g_n``: the trace of
+        the (biased) covariance of the per-sample estimates. The variance of the batch-mean
+        estimate is this divided by N. The same ``score_grads`` with two advantage vectors
+        (with and without a baseline) compare the baselines on the same samples.
+    """
+    if score_grads.dim() != 2 or tuple(advantages.shape) != (score_grads.shape[0],):
+        raise ValueError(
+            f"ops.pg_grad_variance: expected score_grads (N, D) and advantages (N,), got "
+            f"{tuple(score_grads.shape)} and {tuple(advantages.shape)}"
+        )
+    acc = _compute_dtype(score_grads.dtype)
+    g = advantages.to(acc).unsqueeze(1) * score_grads.to(acc)
+    return ((g - g.mean(dim=0, keepdim=True)) ** 2).sum(dim=1).mean().to(score_grads.dtype)
