@@ -63,10 +63,13 @@ def read_split(path: Path, *, with_completion: bool) -> list[dict]:
     """Read and validate one split file.
 
     Every line must be a JSON object with a non-empty string "prompt" (and "completion"
-    when ``with_completion``). A split with references gives every line a non-empty string
-    "reference", or none. Errors name the file, the line and the field.
+    when ``with_completion``), or a conversation in ``rlhfkit.data``'s shapes: "prompt" a list of
+    messages ending with a user turn, "completion" then one assistant message. A split with
+    references gives every line a non-empty string "reference", or none. Errors name the file, the
+    line and the field.
     """
-    from rlhfkit.data import read_jsonl  # one reader for every JSONL file: FILE:LINE errors, objects only
+    # one reader for every JSONL file (FILE:LINE errors, objects only), and data.py's rules for conversations
+    from rlhfkit.data import _prompt, _response, read_jsonl
 
     rows: list[dict] = []
     fields = ("prompt", "completion") if with_completion else ("prompt",)
@@ -75,6 +78,12 @@ def read_split(path: Path, *, with_completion: bool) -> list[dict]:
             raise ValueError(f'{path}:{lineno}: "reference" must be on every line of a split or on none')
         for key in fields + (("reference",) if "reference" in row else ()):
             val = row.get(key)
+            if key == "prompt" and isinstance(val, list):
+                _prompt(row, f"{path}:{lineno}")
+                continue
+            if key == "completion" and isinstance(val, list):
+                _response(row, key, f"{path}:{lineno}")
+                continue
             if not isinstance(val, str) or not val.strip():
                 raise ValueError(f'{path}:{lineno}: "{key}" must be a non-empty string')
         rows.append(row)
@@ -100,8 +109,11 @@ class Task:
     judge_factory: JudgeFactory | None = field(default=None, repr=False)
     reward_functions: Mapping[str, RewardFn] = field(default_factory=dict, repr=False)
 
-    def format_prompt(self, opening: str) -> str:
-        """The user message for a chat model: instruction, blank line, the opening."""
+    def format_prompt(self, opening):
+        """The user message for a chat model: instruction, blank line, the opening. A conversation
+        (a multi-turn task's prompt) is its own framing and comes back as it is."""
+        if not isinstance(opening, str):
+            return opening
         return f"{self.instruction}\n\n{opening.strip()}"
 
     def path(self, split: str) -> Path:
@@ -110,11 +122,13 @@ class Task:
             raise KeyError(f"unknown split {split!r}; expected one of {SPLITS}")
         return self.root / f"{split}.jsonl"
 
-    def prompts(self, split: str) -> list[str]:
-        """The openings of one split, in file order."""
+    def prompts(self, split: str) -> list:
+        """The openings of one split, in file order (a conversation as a ``rlhfkit.data.Conversation``)."""
+        from rlhfkit.data import as_prompt
+
         if split not in self.splits:
             raise KeyError(f"unknown split {split!r}; expected one of {tuple(self.splits)}")
-        return [r["prompt"] for r in self.splits[split]]
+        return [r["prompt"] if isinstance(r["prompt"], str) else as_prompt(r["prompt"]) for r in self.splits[split]]
 
     def make_judge(self, model: str, bf16: bool, seed: int) -> Judge:
         """The task's judge. model: the initial model (name or path), which a judge may load (the
