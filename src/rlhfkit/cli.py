@@ -33,6 +33,12 @@ def _ppo(cfg):
     click.echo(f"PPO policy written to {train_ppo(cfg)}")
 
 
+def _reinforce(cfg):
+    from rlhfkit.train.reinforce import train_reinforce
+
+    click.echo(f"REINFORCE policy written to {train_reinforce(cfg)}")
+
+
 def _best_of_n(cfg):
     import json
 
@@ -61,6 +67,9 @@ def app():
 app.add_command(config_command(C.SFTConfig, _sft, "sft", "Supervised fine-tuning on demonstrations (loss on response tokens only)."))
 app.add_command(config_command(C.RewardConfig, _reward, "reward", "Train a Bradley-Terry reward model on preference pairs and rankings."))
 app.add_command(config_command(C.PPOConfig, _ppo, "ppo", "Optimise a policy against a reward with PPO and a per-token KL penalty."))
+app.add_command(config_command(C.ReinforceConfig, _reinforce, "reinforce",
+                               "REINFORCE with a baseline (none, constant, moving average, batch mean, leave-one-out), "
+                               "optional KL penalty and MLE interpolation on reference pairs."))
 app.add_command(config_command(C.BestOfNConfig, _best_of_n, "best-of-n",
                                "Sample n responses per prompt and keep the one the reward scores highest (no training)."))
 app.add_command(config_command(C.ExpertIterationConfig, _expert_iteration, "expert-iteration",

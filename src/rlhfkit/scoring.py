@@ -100,10 +100,26 @@ class RewardScorer:
         return scores - self.rm.reference_mean if self.center else scores
 
 
+def load_task_reward(spec: str) -> RewardFn:
+    """'TASK:METRIC' -> ``rlhfkit.tasks.load_task(TASK).reward_functions[METRIC]``."""
+    from rlhfkit.tasks import load_task
+
+    task, sep, metric = spec.rpartition(":")
+    if not sep or not task or not metric:
+        raise ValueError(f"--reward-task {spec!r}: expected 'TASK:METRIC'")
+    fns = load_task(task).reward_functions
+    if metric not in fns:
+        raise ValueError(f"--reward-task {spec!r}: task {task!r} has no reward function {metric!r}; it has: {sorted(fns)}")
+    return fns[metric]
+
+
 def load_reward(cfg, device: torch.device | str | None = "cpu") -> RewardFn:
-    """The reward a method's config names: ``cfg.reward_fn`` ('module:function') or ``cfg.reward_model`` (a
-    folder from ``rlhfkit reward``, scored with its saved system prompt and token limits, centred so that its
-    reference responses score mean 0, in bf16 when ``cfg.mixed_precision`` is bf16)."""
+    """The reward a method's config names: ``cfg.reward_fn`` ('module:function'), ``cfg.reward_task``
+    ('TASK:METRIC', where the config has one) or ``cfg.reward_model`` (a folder from ``rlhfkit reward``,
+    scored with its saved system prompt and token limits, centred so that its reference responses score
+    mean 0, in bf16 when ``cfg.mixed_precision`` is bf16)."""
+    if getattr(cfg, "reward_task", None):
+        return load_task_reward(cfg.reward_task)
     if cfg.reward_fn:
         return load_reward_fn(cfg.reward_fn)
     if cfg.reward_model:

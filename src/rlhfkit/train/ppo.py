@@ -7,7 +7,9 @@ for iteration = 1, 2, ...:
      initial policy at every token -- the KL penalty lives inside the reward
   3. estimate advantages with GAE from the critic's values; whiten them
   4. optimise the clipped objective for K epochs of minibatches; pi_old <- pi
-The actor and critic share one backbone (a value head on the last hidden state).
+The actor and critic share one backbone (a value head on the last hidden state). With ``ptx_coef`` each
+minibatch loss also gets ``ptx_coef * (-mean log p(y*|x))`` on a batch of reference pairs (PPO-ptx,
+Ouyang et al. 2022), which keeps the policy close to the demonstrations it was fine-tuned on.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from safetensors.torch import load_file, save_file
 
 from rlhfkit import ops
 from rlhfkit.config import PPOConfig
-from rlhfkit.data import load_prompts
+from rlhfkit.data import load_prompts, load_sft
 from rlhfkit.forward import autocast_context, forward_response, prompt_format
 from rlhfkit.models import PolicyWithValue, is_peft, load_causal_lm, load_tokenizer
 from rlhfkit.rollout import GenerationConfig, Rollout, generate
 from rlhfkit.scoring import RewardFn, as_scores, load_reward
 from rlhfkit.train.common import Batches, Timer, make_optimizer, resolve_config_precision, save_model
 from rlhfkit.train.run import TrainingRun
+from rlhfkit.train.sft import encode_sft_batch
 
 
 class KLController:
@@ -82,6 +85,10 @@ class PPOTrainer:
     def __init__(self, cfg: PPOConfig, reward_fn: RewardFn, prompts: list[str], gold_fn: RewardFn | None = None,
                  progress: bool = True):
         self.cfg, self.reward_fn, self.gold_fn, self.prompts = cfg, reward_fn, gold_fn, prompts
+        if cfg.ptx_coef < 0 or (cfg.ptx_coef > 0 and not cfg.ptx_data):
+            raise ValueError(f"--ptx-coef {cfg.ptx_coef}: must be >= 0, and > 0 needs --ptx-data (SFT-format JSONL of reference pairs)")
+        # PPO-ptx's reference pairs, read before any model loads (a malformed line stops here)
+        self.ptx = load_sft(cfg.ptx_data, cfg.chat_template) if cfg.ptx_coef > 0 else None
         self.run = TrainingRun(cfg, "PPO", progress=progress)
         self.out, self.accelerator, resume_ckpt = self.run.out, self.run.accelerator, self.run.resume_from
         self.tokenizer = load_tokenizer(cfg.model)
@@ -104,6 +111,8 @@ class PPOTrainer:
         # each process samples its own share of a batch
         self.batches = Batches(len(prompts), cfg.batch_size, cfg.seed, drop_last=len(prompts) >= cfg.batch_size)
         self.generator = torch.Generator().manual_seed(cfg.seed + 7919 * self.accelerator.process_index)
+        # its own order of the reference pairs: with ptx off nothing here draws a random number
+        self.ptx_batches = Batches(len(self.ptx), cfg.ptx_batch_size, cfg.seed + 1) if self.ptx else None
         self.gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                         batch_size=cfg.batch_size, system_prompt=cfg.system_prompt,
                                         chat_template=cfg.chat_template)
@@ -112,6 +121,8 @@ class PPOTrainer:
                                          save=lambda ckpt: self._save_model(ckpt / "model", ckpt, merge=False))
         if self.run.resumed:
             self.kl_ctl.value = self.run.resumed["kl_coef"]
+            if self.ptx_batches is not None:
+                self.ptx_batches.load(self.run.resumed["ptx_data"])
 
     # ---- the pieces of one iteration ------------------------------------------------------------
 
@@ -237,6 +248,10 @@ class PPOTrainer:
                 pg_loss, pg_clip = ops.ppo_policy_loss(logp, old_logp[j], advantages[j], m, cfg.clip_eps)
                 vf_loss, vf_clip = ops.ppo_value_loss(values, old_values[j], returns[j], m, cfg.clip_eps_value)
                 loss = pg_loss + cfg.vf_coef * vf_loss
+                if self.ptx_batches is not None:
+                    ptx_loss = self.ptx_loss()
+                    loss = loss + cfg.ptx_coef * ptx_loss
+                    sums["ptx_loss"] = sums.get("ptx_loss", 0.0) + float(ptx_loss.detach())
                 acc.backward(loss)
                 if cfg.max_grad_norm:
                     acc.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
@@ -257,6 +272,24 @@ class PPOTrainer:
         stats["ppo_epochs_done"] = epochs_done
         stats["ppo_minibatches_done"] = n_mb
         return stats
+
+    def ptx_loss(self) -> torch.Tensor:
+        """PPO-ptx's term: -mean log p(y*|x) per token (the scale of SFT's loss and of the token-mean policy
+        loss) on the next ``cfg.ptx_batch_size`` reference pairs, encoded as `rlhfkit sft` encodes them by
+        default."""
+        from types import SimpleNamespace
+
+        from rlhfkit.config import SFTConfig
+
+        cfg = self.cfg
+        enc = SimpleNamespace(system_prompt=cfg.system_prompt, chat_template=cfg.chat_template,
+                              max_prompt_tokens=SFTConfig.max_prompt_tokens, max_completion_tokens=SFTConfig.max_completion_tokens)
+        batch = encode_sft_batch(self.tokenizer, [self.ptx[i] for i in self.ptx_batches.next()], enc, self.accelerator.device)
+        logp = forward_response(self.policy, *batch[:4], with_values=True)["logprobs"].float()
+        return ops.mle_loss(logp, batch[4], "token")
+
+    def _ptx_state(self) -> dict:
+        return {"ptx_data": self.ptx_batches.state() if self.ptx_batches is not None else None}
 
     def _snapshot_policy(self, kl: float) -> None:
         """Keep pi_old's trainable weights (on the CPU) and its measured KL: if the next batch shows the
@@ -326,12 +359,12 @@ class PPOTrainer:
                     break
                 run.log(self.step_count, m, res["timings"])
                 run.advance(info)
-                run.maybe_checkpoint(self.step_count, kl_coef=self.kl_ctl.value)
+                run.maybe_checkpoint(self.step_count, kl_coef=self.kl_ctl.value, **self._ptx_state())
         if saved is None:
             saved = {"policy_after_update": self.step_count, "kl_k1": None, "kl_measured": False,
                      "note": "the policy after the last update; its KL was not measured (the last measured KL, "
                              "in metrics.jsonl, is that of the policy before it)"}
-        run.maybe_checkpoint(self.step_count, last=True, kl_coef=self.kl_ctl.value)  # a run stopped by max_kl
+        run.maybe_checkpoint(self.step_count, last=True, kl_coef=self.kl_ctl.value, **self._ptx_state())  # a run stopped by max_kl
 
         def save_final(out: Path) -> None:
             self._save_model(out, out, merge=True)
