@@ -163,6 +163,9 @@ def _mount_optional_groups() -> None:
         register(app)
     except ImportError:
         pass
+    from rlhfkit.experiments import register as register_experiments
+
+    register_experiments(app)
 
 
 _mount_optional_groups()

@@ -1,0 +1,26 @@
+"""`rlhfkit experiment mt-bleu --preset smoke`: the whole experiment on the tiny model writes results.json in
+the issue's shape, the dev-BLEU curve of every variant and its plot."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from rlhfkit.cli import app
+
+
+def test_mt_bleu_smoke_writes_the_results(tmp_path):
+    out = tmp_path / "mt"
+    r = CliRunner().invoke(app, ["experiment", "mt-bleu", "--preset", "smoke", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["variants"]) == {"mle", "reinforce_no_baseline", "reinforce_baseline", "reinforce_baseline_mle"}
+    assert set(res["weak_start"]) == {"mle", "reinforce_baseline", "reinforce_baseline_mle"}
+    for table in (res["variants"], res["weak_start"]):
+        assert all(0 <= v["bleu"] <= 100 and 0 <= v["chrf"] <= 100 for v in table.values())
+    assert set(res["grad_variance"]) == {"no_baseline", "baseline"} and all(v > 0 for v in res["grad_variance"].values())
+    # the curve starts at the start model and has a point per saved checkpoint (smoke: 4 steps, every 2)
+    assert [p["step"] for p in res["dev_bleu"]["reinforce_baseline"]] == [0, 2, 4]
+    assert (out / "dev_bleu.png").stat().st_size > 10_000
+    assert res["settings"]["model"] == "tiny"
