@@ -20,9 +20,17 @@ def _mt():
     return mt_bleu.MTExperimentConfig, mt_bleu.PRESETS, mt_bleu.run_mt_experiment
 
 
+def _dialogue():
+    from rlhfkit.experiments import dialogue
+
+    return dialogue.DialogueExperimentConfig, dialogue.PRESETS, dialogue.run_dialogue_experiment
+
+
 EXPERIMENTS = {
     "mt-bleu": (_mt, "MLE, then REINFORCE with a sentence-BLEU reward without baseline, with a baseline, and with "
                      "baseline + MLE interpolation, on the toy translation task; test BLEU/chrF, gradient variance, dev curve."),
+    "dialogue": (_dialogue, "MLE on the dialogue task, then REINFORCE against Li et al.'s combined reward (dullness, "
+                            "repetition, coherence); each term's mean before and after, and the turns side by side."),
 }
 
 
@@ -35,7 +43,7 @@ def _command(name: str, load, help_text: str) -> click.Command:
         values.setdefault("out", f"runs/{name.replace('-', '_')}" + ("" if preset == "full" else f"_{preset}"))
         cfg = cls(**values)
         results = run_reporting_errors(run, cfg)
-        click.echo(json.dumps({k: v for k, v in results.items() if k not in ("settings", "dev_bleu")}, indent=2))
+        click.echo(json.dumps({k: v for k, v in results.items() if k not in ("settings", "dev_bleu", "samples")}, indent=2))
         click.echo(f"results written to {Path(cfg.out) / 'results.json'}")
 
     params = [click.Option(["--preset"], type=click.Choice(list(presets)), default="full", show_default=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from rlhfkit.cli import app
@@ -24,3 +25,25 @@ def test_mt_bleu_smoke_writes_the_results(tmp_path):
     assert [p["step"] for p in res["dev_bleu"]["reinforce_baseline"]] == [0, 2, 4]
     assert (out / "dev_bleu.png").stat().st_size > 10_000
     assert res["settings"]["model"] == "tiny"
+
+
+def test_dialogue_smoke_writes_terms_before_and_after(tmp_path):
+    out = tmp_path / "dlg"
+    r = CliRunner().invoke(app, ["experiment", "dialogue", "--preset", "smoke", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    for when in ("before", "after"):
+        assert set(res["terms"][when]) == {"dullness", "repetition", "coherence", "total"}
+        t = res["terms"][when]
+        assert t["total"] == pytest.approx(0.25 * t["dullness"] + 0.25 * t["repetition"] + 0.5 * t["coherence"])
+    rows = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all({"before", "after", "dullness_before", "repetition_after"} <= set(r) for r in rows)
+    assert len(res["samples"]) == 5
+
+
+def test_dialogue_weights_must_be_term_equals_number():
+    from rlhfkit.experiments.dialogue import parse_weights
+
+    assert parse_weights("dullness=0.5, repetition=1") == {"dullness": 0.5, "repetition": 1.0}
+    with pytest.raises(ValueError, match="expected TERM=NUMBER"):
+        parse_weights("dullness=lots")
