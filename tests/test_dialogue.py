@@ -204,7 +204,7 @@ def test_read_split_checks_conversations(tmp_path):
 
 
 def test_reward_judge_ranks_by_the_reward():
-    from rlhfkit.tasks.dialogue import RewardJudge
+    from rlhfkit.tasks.judge import RewardJudge
 
     judge = RewardJudge(lambda p, r: [len(x) for x in r], "length")
     assert judge.rank(["p", "q"], [["aa", "a", "aaa"], ["b", "bb"]], flip_prob=0.0, rng=0) == [[2, 0, 1], [1, 0]]

@@ -6,7 +6,8 @@ samples for the reward model's training data (``rank``), how much the panel agre
 two answers wins (``compare``). Prompts handed to a judge are the task's raw prompts (the opening
 of a movie review), not ``Task.format_prompt``'s framing for a chat model.
 
-The movie-review task's judge is the simulated annotator panel (``rlhfkit.annotators.Panel``).
+The movie-review task's judge is the simulated annotator panel (``rlhfkit.annotators.Panel``); a task
+scored by a reward or a metric (translation, dialogue) uses ``RewardJudge``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Judge", "JudgeFactory", "RewardFn"]
+__all__ = ["Judge", "JudgeFactory", "RewardFn", "RewardJudge"]
 
 # (prompts, responses) -> one score per response, higher is better (a task's optional reward functions)
 RewardFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
@@ -52,3 +53,62 @@ class Judge(Protocol):
 # (task, initial model name or path, bf16, seed) -> the judge. It may use the task (its framing, its
 # references) and load the initial model (the panel's fluency); ``Task.make_judge`` passes the task.
 JudgeFactory = Callable[[Any, str, bool, int], Judge]
+
+
+class RewardJudge:
+    """A deterministic judge from a ``(prompts, responses) -> scores`` reward or metric (a translation's
+    sentence BLEU, a hand-engineered dialogue reward): a response's score is the reward.
+
+    There are no annotators, so there is no annotator noise: ``compare`` ignores ``noise`` and
+    ``agreement_report`` reports perfect agreement by construction (one deterministic rater always
+    agrees with itself; that says nothing about whether the reward agrees with people). ``rank`` adds only
+    the pipeline's label noise (``flip_prob``), drawn as the annotator panel draws it.
+    """
+
+    def __init__(self, reward: RewardFn, name: str):
+        self.reward, self.name = reward, name
+
+    def gold_reward(self, prompts: Sequence[Any], responses: Sequence[str]) -> np.ndarray:
+        """(N,) the reward of each response to its prompt."""
+        return np.asarray(self.reward(list(prompts), list(responses)), dtype=np.float64)
+
+    def rank(self, prompts, responses, *, flip_prob: float, rng) -> list[list[int]]:
+        """Best first by the reward (ties: earlier index first); with probability ``flip_prob`` per pair,
+        by the panel's label-noise mixture (``annotators.panel.label_noise_mixture``)."""
+        from rlhfkit.annotators.panel import label_noise_mixture
+
+        if not 0.0 <= flip_prob <= 1.0:
+            raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} response lists")
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        sizes = [len(g) for g in responses]
+        scores = self.gold_reward([p for p, k in zip(prompts, sizes) for _ in range(k)], [r for g in responses for r in g])
+        # the same draws whatever flip_prob is, so equally seeded calls differ only where a lapse happened
+        lapse, keys = rng.random(len(prompts)), rng.random(len(scores))
+        p_reverse, p_shuffle = label_noise_mixture(flip_prob)
+        out, start = [], 0
+        for i, k in enumerate(sizes):
+            order = [int(j) for j in np.argsort(-scores[start : start + k], kind="stable")]
+            if lapse[i] < p_reverse:
+                order = order[::-1]
+            elif lapse[i] < p_reverse + p_shuffle:
+                order = [int(j) for j in np.argsort(keys[start : start + k], kind="stable")]
+            out.append(order)
+            start += k
+        return out
+
+    def compare(self, prompts, responses_a, responses_b, *, noise: bool = False) -> np.ndarray:
+        """(N,) 1 where A scores higher, 0 where B does, 0.5 on equal scores (``noise`` is ignored)."""
+        a, b = self.gold_reward(prompts, responses_a), self.gold_reward(prompts, responses_b)
+        return np.where(a > b, 1.0, np.where(a < b, 0.0, 0.5))
+
+    def agreement_report(self, prompts, responses_a, responses_b, rng=None) -> dict[str, Any]:
+        """Perfect agreement by construction (a deterministic reward, no annotators), with the reward's
+        verdicts on these pairs."""
+        outcome = self.compare(prompts, responses_a, responses_b)
+        return {"n_items": len(outcome), "n_annotators": 0, "judge": self.name,
+                "mean_pairwise_agreement": 1.0, "krippendorff_alpha": 1.0, "fleiss_kappa": 1.0,
+                "note": "a deterministic reward agrees with itself by construction; not a measured agreement",
+                "prefers_a": float(np.mean(outcome == 1.0)) if len(outcome) else None,
+                "ties": float(np.mean(outcome == 0.5)) if len(outcome) else None}
