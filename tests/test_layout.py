@@ -29,3 +29,10 @@ def test_pipeline_cli_does_not_import_cli():
     loaded = imported_after("rlhfkit.pipeline_cli")
     assert "rlhfkit.cli_options" in loaded
     assert "rlhfkit.cli" not in loaded, sorted(loaded)
+
+
+def test_the_command_line_starts_without_torch():
+    # `rlhfkit --help` and every command's option parsing stay light; torch loads when a command runs
+    code = "import sys, rlhfkit.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
