@@ -106,9 +106,10 @@ def _reinforce(cfg: MTExperimentConfig, start: Path, out: Path, baseline: str, m
     return train_reinforce(rc, progress=progress)
 
 
-def dev_curve(run: Path, start: Path, dev: list[dict], cfg: MTExperimentConfig) -> list[dict]:
-    """Dev BLEU at step 0 (the start model) and at each saved checkpoint of a REINFORCE run."""
-    points = [{"step": 0, **scores(start, dev, cfg)}]
+def dev_curve(run: Path, start_scores: dict, dev: list[dict], cfg: MTExperimentConfig) -> list[dict]:
+    """Dev BLEU at step 0 (``start_scores``: the start model's, shared by the runs from it) and at each saved
+    checkpoint of a REINFORCE run."""
+    points = [{"step": 0, **start_scores}]
     for ckpt in sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
         if (ckpt / "model" / "config.json").exists():  # a checkpoint's model folder (full parameters, no LoRA)
             points.append({"step": int(ckpt.name.split("-")[1]), **scores(ckpt / "model", dev, cfg)})
@@ -169,6 +170,7 @@ def run_mt_experiment(cfg: MTExperimentConfig, progress: bool = True, echo=print
     curves: dict[str, list[dict]] = {}
     runs: dict[str, Path] = {}
     for start_name, start in starts.items():
+        start_dev = scores(start, dev, cfg)  # step 0 of every curve from this start
         for name, (baseline, mle) in VARIANTS.items():
             if start_name == "weak" and baseline == "none":
                 continue  # the weak start compares interpolation, with the baseline
@@ -176,7 +178,7 @@ def run_mt_experiment(cfg: MTExperimentConfig, progress: bool = True, echo=print
             runs[label] = timed(label, lambda: _reinforce(cfg, start, out / label, baseline, mle, prompts, data, progress))
             table = results["variants"] if start_name == "mle" else results["weak_start"]
             table[name] = scores(runs[label], test, cfg)
-            curves[label] = dev_curve(out / label, start, dev, cfg)
+            curves[label] = dev_curve(out / label, start_dev, dev, cfg)
     results["grad_variance"] = {
         "no_baseline": _mean_metric(out / "reinforce_baseline", "pg_grad_variance_no_baseline"),
         "baseline": _mean_metric(out / "reinforce_baseline", "pg_grad_variance"),
