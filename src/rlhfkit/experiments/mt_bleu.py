@@ -34,17 +34,19 @@ class MTExperimentConfig:
     model: str = opt("smollm2-135m", "Initial model.")
     seed: int = opt(0, "Seed of every run.")
     mle_steps: int = opt(60, "MLE (SFT) optimiser steps of the MLE start.")
-    weak_mle_steps: int = opt(5, "MLE steps of the weak start.")
+    weak_mle_steps: int = opt(15, "MLE steps of the weak start.")
     mle_batch_size: int = opt(16, "MLE examples per step.")
-    mle_lr: float = opt(1e-4, "MLE learning rate.")
-    rl_steps: int = opt(20, "REINFORCE iterations of each variant (equal sample budgets).")
-    rl_batch_size: int = opt(8, "Prompts per REINFORCE iteration.")
+    mle_lr: float = opt(5e-4, "MLE learning rate.")
+    rl_steps: int = opt(16, "REINFORCE iterations of each variant (equal sample budgets).")
+    rl_batch_size: int = opt(4, "Prompts per REINFORCE iteration.")
     samples_per_prompt: int = opt(4, "K samples per prompt.")
-    rl_lr: float = opt(1e-5, "REINFORCE learning rate.")
-    mle_coef: float = opt(1.0, "alpha of the MLE interpolation variants.")
+    rl_lr: float = opt(5e-5, "REINFORCE learning rate.")
+    mle_coef: float = opt(10.0, "alpha of the MLE interpolation variants. The reward is in BLEU points (0-100), so the leave-one-out advantages are ~10 in size; alpha 10 weighs the MLE term like the policy-gradient term.")
+    grad_variance_samples: int = opt(16, "Sequences of each batch on which the baseline run (from the MLE start) measures the "
+                                         "policy-gradient variance with and without its baseline; the other runs skip it.")
     max_new_tokens: int = opt(32, "Longest translation.")
-    eval_every: int = opt(5, "Translate the dev set with every eval_every-th checkpoint (the dev BLEU curve).")
-    dev_sentences: int = opt(200, "Dev sentences translated per curve point.")
+    eval_every: int = opt(8, "Translate the dev set with every eval_every-th checkpoint (the dev BLEU curve).")
+    dev_sentences: int = opt(100, "Dev sentences translated per curve point.")
     test_sentences: int = opt(200, "Test sentences translated per model.")
     gen_batch_size: int = opt(64, "Sequences per generation batch.")
     system_prompt: str | None = opt(None, "System message of the chat template.")
@@ -95,14 +97,15 @@ def _mle(cfg: MTExperimentConfig, out: Path, data: Path, steps: int, progress: b
 
 
 def _reinforce(cfg: MTExperimentConfig, start: Path, out: Path, baseline: str, mle: bool, prompts: Path, data: Path,
-               progress: bool) -> Path:
+               progress: bool, variance: bool = False) -> Path:
     from rlhfkit.train.reinforce import train_reinforce
 
     rc = ReinforceConfig(model=str(start), reward_task=f"{TASK}:bleu", prompts=str(prompts), out=str(out), steps=cfg.rl_steps,
                          batch_size=cfg.rl_batch_size, samples_per_prompt=cfg.samples_per_prompt, baseline=baseline,
                          mle_coef=cfg.mle_coef if mle else 0.0, mle_data=str(data), lr=cfg.rl_lr,
                          max_new_tokens=cfg.max_new_tokens, system_prompt=cfg.system_prompt, seed=cfg.seed,
-                         save_every=cfg.eval_every, mixed_precision="auto")
+                         save_every=cfg.eval_every, mixed_precision="auto",
+                         grad_variance_samples=cfg.grad_variance_samples if variance else 0)
     return train_reinforce(rc, progress=progress)
 
 
@@ -175,7 +178,8 @@ def run_mt_experiment(cfg: MTExperimentConfig, progress: bool = True, echo=print
             if start_name == "weak" and baseline == "none":
                 continue  # the weak start compares interpolation, with the baseline
             label = name if start_name == "mle" else f"weak_{name}"
-            runs[label] = timed(label, lambda: _reinforce(cfg, start, out / label, baseline, mle, prompts, data, progress))
+            variance = label == "reinforce_baseline"  # the variances reported come from this run's batches
+            runs[label] = timed(label, lambda: _reinforce(cfg, start, out / label, baseline, mle, prompts, data, progress, variance))
             table = results["variants"] if start_name == "mle" else results["weak_start"]
             table[name] = scores(runs[label], test, cfg)
             curves[label] = dev_curve(out / label, start_dev, dev, cfg)
