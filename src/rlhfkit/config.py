@@ -139,7 +139,7 @@ class ReinforceConfig(CommonConfig):
     max_completion_tokens: int = opt(128, "Reference pairs: completions are cut to N tokens (EOS included).")
     lr: float = opt(1e-5, "Learning rate (AdamW).")
     max_grad_norm: float = opt(1.0, "Gradient clipping (0: none).")
-    minibatch_size: int = opt(16, "Sequences per forward/backward; their gradients add up to one step per iteration.")
+    minibatch_size: int = opt(16, "Sequences per forward/backward, rounded down to whole groups of a prompt's K samples (at least one group: the group's prompt then runs once); their gradients add up to one step per iteration.")
     max_new_tokens: int = opt(32, "Longest response.")
     temperature: float = opt(1.0, "Sampling temperature (log-probs are computed at the same temperature).")
     top_p: float = opt(1.0, "Nucleus sampling.")

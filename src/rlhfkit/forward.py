@@ -155,7 +155,10 @@ def forward_response(model, prompt_ids, prompt_mask, response_ids, response_mask
     Only the response positions' logits are computed (``logits_to_keep``): the LM head is a large part
     of a small model's cost and the prompt's logits are never used. Returns a dict with ``logprobs``
     (B, T), optionally ``values`` (B, T) and ``entropy`` (B, T). ``share_prompts``: run each distinct
-    prompt once (for several responses to one prompt; no values).
+    prompt once (for several responses to one prompt; no values). It works with gradient too: the
+    prefix's keys and values are computed once and indexed out to the rows that repeat it, so autograd
+    adds the K rows' gradients in the one prefix pass -- the same gradient as K separate prefix passes,
+    for 1/K of their cost (the REINFORCE/RLOO update).
     """
     T = response_ids.shape[1]
     groups = distinct_rows(prompt_ids, prompt_mask) if share_prompts and not with_values else None

@@ -62,6 +62,12 @@ def check_config(cfg: ReinforceConfig, reward_given: bool = False) -> None:
         raise ValueError(f"give one reward, got {' and '.join(named)}")
 
 
+def whole_groups(n: int, k: int) -> int:
+    """``n`` sequences rounded down to whole groups of a prompt's ``k`` samples (at least one group): a
+    minibatch that holds all of a prompt's samples runs that prompt once (``share_prompts``)."""
+    return max(1, n // k) * k
+
+
 def last_block_parameters(model) -> list[torch.nn.Parameter]:
     """The trainable parameters of the last transformer block (``layers.N.``, with its LoRA adapters) and
     the final norm: where the policy-gradient variance is measured. A gradient there passes through the
@@ -150,7 +156,7 @@ class ReinforceTrainer:
         """(B, T) log-probs of the sampled tokens under the frozen reference, at the sampling temperature;
         the K samples of a prompt share one prompt pass."""
         args = (ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask)
-        mb, out = max(self.cfg.minibatch_size, 1) * 2, []
+        mb, out = whole_groups(max(self.cfg.minibatch_size, 1) * 2, self.cfg.samples_per_prompt), []
         for i in range(0, len(ro), mb):
             part = [a[i : i + mb] for a in args]
             with autocast_context(self.accelerator.device, self.bf16):
@@ -183,17 +189,18 @@ class ReinforceTrainer:
                 "pg_grad_variance_no_baseline": ops.pg_grad_variance(scores, rewards[:n].to(scores.device)).item()}
 
     def update(self, ro: Rollout, advantages: torch.Tensor) -> dict:
-        """One optimiser step on the REINFORCE surrogate (minibatches of ``cfg.minibatch_size`` sequences,
-        their gradients summed to the batch mean) plus ``mle_coef`` times the MLE term on the next batch of
-        reference pairs; returns the loss parts and diagnostics."""
+        """One optimiser step on the REINFORCE surrogate (minibatches of ``cfg.minibatch_size`` sequences
+        rounded to a prompt's whole K samples, their gradients summed to the batch mean) plus ``mle_coef``
+        times the MLE term on the next batch of reference pairs; returns the loss parts and diagnostics.
+        Each distinct prompt of a minibatch runs once, with gradient, for its K samples (``share_prompts``)."""
         cfg, acc = self.cfg, self.accelerator
-        B, mb = len(ro), max(1, cfg.minibatch_size)
+        B, mb = len(ro), whole_groups(max(1, cfg.minibatch_size), cfg.samples_per_prompt)
         mask = ro.response_mask.float()
         pg_loss, ent_sum = 0.0, 0.0
         for i in range(0, B, mb):
             j = slice(i, i + mb)
             out = forward_response(self.policy, ro.prompt_ids[j], ro.prompt_mask[j], ro.response_ids[j], ro.response_mask[j],
-                                   temperature=cfg.temperature, with_entropy=True)
+                                   temperature=cfg.temperature, with_entropy=True, share_prompts=True)
             part = ops.reinforce_loss(out["logprobs"].float(), mask[j], advantages[j])
             n = mask[j].shape[0]
             acc.backward(part * n / B)  # the minibatches' parts add up to the mean over the batch
