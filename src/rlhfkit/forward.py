@@ -166,11 +166,7 @@ def forward_response(model, prompt_ids, prompt_mask, response_ids, response_mask
         cache, last = prefill_distinct(model, prompt_ids, prompt_mask, groups, logits_to_keep=1)
         rest = continue_from_cache(model, cache, prompt_mask, response_ids[:, :-1], response_mask[:, :-1]).logits if T > 1 else last[:, :0]
         logits = torch.cat([last, rest], dim=1)
-        out = {"logprobs": ops.token_logprobs(logits, response_ids, temperature=temperature)}
-        if with_entropy:
-            with torch.no_grad():
-                out["entropy"] = ops.entropy_from_logits(logits.detach().float() / temperature)
-        return out
+        return _logprobs_entropy(logits, response_ids, temperature, with_entropy)
     ids = torch.cat([prompt_ids, response_ids], dim=1)
     attn = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)
     if with_values:
@@ -182,11 +178,14 @@ def forward_response(model, prompt_ids, prompt_mask, response_ids, response_mask
         values = None
     # logits at position i predict token i+1: the T+1 kept positions are the last prompt token and the
     # response tokens; the first T of them predict the T response tokens
-    logits = logits[:, :-1]
-    out = {"logprobs": ops.token_logprobs(logits, response_ids, temperature=temperature)}
+    out = _logprobs_entropy(logits[:, :-1], response_ids, temperature, with_entropy)
     if values is not None:
         out["values"] = values[:, :-1]
-    if with_entropy:
-        with torch.no_grad():
-            out["entropy"] = ops.entropy_from_logits(logits.detach().float() / temperature)
     return out
+
+
+def _logprobs_entropy(logits, response_ids, temperature: float, with_entropy: bool) -> dict:
+    """The response tokens' log-probs (with gradient) and, when asked, the entropy (without), in one
+    blockwise pass over the (B, T, V) logits (``ops.token_logprobs_and_entropy``)."""
+    logp, entropy = ops.token_logprobs_and_entropy(logits, response_ids, temperature, with_entropy=with_entropy)
+    return {"logprobs": logp, **({"entropy": entropy} if with_entropy else {})}

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "token_logprobs",
+    "token_logprobs_and_entropy",
     "entropy_from_logits",
     "sequence_logprobs",
     "last_index",
@@ -100,9 +101,107 @@ def token_logprobs(
     returns: (B, T) ``log_softmax(logits / temperature)[b, t, labels[b, t]]``, float32
         for bf16/fp16 logits, the logits' dtype otherwise.
 
-    Computed as ``logit[label] - logsumexp(logits)``: no (B, T, V) log-softmax and never
-    a float64 copy of the logits (only bf16/fp16 are upcast, to float32). Positions
-    whose label is padding still need a valid id; mask them downstream.
+    Computed as ``logit[label] - logsumexp(logits)`` a block of rows at a time
+    (``token_logprobs_and_entropy``): no (B, T, V) log-softmax, no (B, T, V) float32 copy of
+    bf16 logits and never a float64 one. Positions whose label is padding still need a
+    valid id; mask them downstream.
+    """
+    return token_logprobs_and_entropy(logits, labels, temperature, with_entropy=False)[0]
+
+
+# elements of one block of logits (4 MiB in float32): a block's exp/sum passes stay in cache
+_BLOCK_ELEMENTS = 1 << 20
+
+
+def _row_blocks(shape: tuple[int, ...]):
+    """Index tuples that cut logits of ``shape`` (A, R, V) into blocks of about _BLOCK_ELEMENTS
+    elements: several whole (R, V) slices when one is small, else runs of rows of one slice."""
+    A, R, V = shape
+    if R * V <= _BLOCK_ELEMENTS:
+        step = max(1, _BLOCK_ELEMENTS // max(R * V, 1))
+        return [(slice(a, a + step),) for a in range(0, A, step)]
+    step = max(1, _BLOCK_ELEMENTS // max(V, 1))
+    return [(a, slice(r, r + step)) for a in range(A) for r in range(0, R, step)]
+
+
+def _scaled_block(block: torch.Tensor, temperature: float) -> tuple[torch.Tensor, bool]:
+    """A block of logits in the compute dtype, divided by the temperature, and whether it is a
+    new tensor (then the caller may write into it; the caller's logits are never written)."""
+    z = block.to(_compute_dtype(block.dtype))
+    owned = z is not block
+    if temperature != 1.0:
+        z = z.div_(temperature) if owned else z / temperature
+        owned = True
+    return z, owned
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """``log_softmax(logits / t)[label]`` (and the entropy, no gradient) a block of rows at a
+    time; the backward pass rebuilds each block's softmax from the saved logsumexp instead of
+    keeping (B, T, V) intermediates: d logp / d z = onehot(label) - softmax(z / t), over t."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, temperature, with_entropy):
+        x = logits.reshape(logits.shape[0], -1, logits.shape[-1])  # (A, R, V); a view for (B, T, V) slices
+        lab = labels.reshape(x.shape[:2]).long()
+        dtype = _compute_dtype(logits.dtype)
+        lse = torch.empty(x.shape[:2], dtype=dtype, device=x.device)
+        logp = torch.empty_like(lse)
+        entropy = torch.empty_like(lse) if with_entropy else None
+        for idx in _row_blocks(tuple(x.shape)):
+            z, _ = _scaled_block(x[idx], temperature)
+            m = torch.logsumexp(z, dim=-1)
+            lse[idx] = m
+            logp[idx] = z.gather(-1, lab[idx].unsqueeze(-1)).squeeze(-1) - m
+            if with_entropy:
+                pz = (z - m.unsqueeze(-1)).exp_().mul_(z).sum(-1)  # sum_v p_v z_v, one block-sized buffer
+                if torch.isnan(pz).any():  # 0 * -inf at tokens of probability 0: their term is 0
+                    p = torch.exp(z - m.unsqueeze(-1))
+                    pz = torch.where(p > 0, p * z, torch.zeros((), dtype=z.dtype, device=z.device)).sum(-1)
+                entropy[idx] = m - pz
+        ctx.save_for_backward(logits, labels, lse)
+        ctx.temperature = temperature
+        shape = labels.shape
+        if entropy is not None:
+            entropy = entropy.reshape(shape)
+            ctx.mark_non_differentiable(entropy)
+        return logp.reshape(shape), entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logp, grad_entropy):
+        logits, labels, lse = ctx.saved_tensors
+        t = ctx.temperature
+        x = logits.reshape(logits.shape[0], -1, logits.shape[-1])
+        lab = labels.reshape(x.shape[:2]).long()
+        g = grad_logp.reshape(x.shape[:2]).to(lse.dtype)
+        grad = torch.empty(x.shape, dtype=logits.dtype, device=logits.device)
+        for idx in _row_blocks(tuple(x.shape)):
+            z, owned = _scaled_block(x[idx], t)
+            gi, m = g[idx].unsqueeze(-1), lse[idx].unsqueeze(-1)
+            d = (z.sub_(m) if owned else z - m).exp_()
+            d.mul_(-gi).scatter_add_(-1, lab[idx].unsqueeze(-1), gi)
+            if t != 1.0:
+                d.div_(t)
+            grad[idx] = d
+        return grad.reshape(logits.shape), None, None, None
+
+
+def token_logprobs_and_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, with_entropy: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``token_logprobs`` and ``entropy_from_logits(logits / temperature)`` in one pass over the
+    logits, a block of rows at a time.
+
+    logits: (B, T, V) aligned with ``labels`` (B, T); temperature > 0.
+    returns: (logprobs (B, T), entropy (B, T) or None when ``with_entropy`` is False); float32
+        for bf16/fp16 logits, the logits' dtype otherwise. The log-probs carry the gradient;
+        the entropy is a diagnostic and carries none.
+
+    Each block of about 1M logits is upcast, scaled, reduced (logsumexp, the label's logit,
+    the entropy ``lse - sum p z``) and dropped, so neither (B, T, V) float32 copies of bf16
+    logits nor (B, T, V) softmax intermediates exist; the gradient is rebuilt block by block
+    from the saved logsumexp.
     """
     if logits.dim() < 1 or tuple(labels.shape) != tuple(logits.shape[:-1]):
         raise ValueError(
@@ -111,11 +210,15 @@ def token_logprobs(
         )
     if not temperature > 0:
         raise ValueError(f"ops.token_logprobs: temperature must be > 0, got {temperature}")
-    x = logits.to(_compute_dtype(logits.dtype))  # no copy when already float32/float64
-    if temperature != 1.0:
-        x = x / temperature  # a new tensor: the caller's logits stay untouched
-    label_logit = x.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
-    return label_logit - torch.logsumexp(x, dim=-1)
+    if logits.dim() == 1:  # one position: a batch of one
+        lp, ent = token_logprobs_and_entropy(logits[None], labels[None], temperature, with_entropy)
+        return lp[0], (ent[0] if ent is not None else None)
+    if logits.dim() == 2:
+        lp, ent = token_logprobs_and_entropy(logits[None], labels[None], temperature, with_entropy)
+        return lp[0], (ent[0] if ent is not None else None)
+    if not logits.dtype.is_floating_point:
+        logits = logits.to(_compute_dtype(logits.dtype))
+    return _TokenLogprobs.apply(logits, labels, float(temperature), with_entropy)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
