@@ -1,0 +1,25 @@
+"""bench/generate.py --vs-hf runs rlhfkit's sampler and transformers' generate on the same work: in the
+fixed-length mode both produce exactly batch x new-tokens tokens. Only the shape of the figures is checked,
+never a time."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "generate.py"
+
+
+def test_vs_hf_compares_equal_token_counts(capsys):
+    spec = importlib.util.spec_from_file_location("bench_generate", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--model", "tiny", "--vs-hf", "--prompts", "4", "--batch-size", "4", "--new-tokens", "5",
+                       "--rounds", "1", "--precision", "no"])
+    assert [r["mode"] for r in rows] == ["fixed", "eos"]
+    fixed, eos = rows
+    assert fixed["rlhfkit_tokens"] == fixed["hf_tokens"] == 4 * 5
+    assert 4 <= eos["rlhfkit_tokens"] <= 20 and 4 <= eos["hf_tokens"] <= 20
+    assert all(r["rlhfkit_s"] > 0 and r["hf_s"] > 0 for r in rows)
+    out = capsys.readouterr().out
+    assert "precision fp32" in out and "HF/rlhfkit" in out
