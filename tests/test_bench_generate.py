@@ -23,3 +23,14 @@ def test_vs_hf_compares_equal_token_counts(capsys):
     assert all(r["rlhfkit_s"] > 0 and r["hf_s"] > 0 for r in rows)
     out = capsys.readouterr().out
     assert "precision fp32" in out and "HF/rlhfkit" in out
+
+
+def test_scaling_bench_prints_a_cell_per_grid_point(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_scaling", BENCH.parent / "scaling.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--model", "tiny", "--sequences", "4", "8", "--new-tokens", "3", "--samples", "2",
+                       "--plot", str(tmp_path / "s.png"), "--json", str(tmp_path / "s.json")])
+    assert [(r["sequences"], r["new_tokens"]) for r in rows] == [(4, 3), (8, 3)]
+    assert all(r["s_per_step"] > 0 and 1 <= r["mean_length"] <= 3 for r in rows)
+    assert (tmp_path / "s.png").stat().st_size > 0 and (tmp_path / "s.json").exists()
