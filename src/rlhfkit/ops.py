@@ -210,10 +210,7 @@ def token_logprobs_and_entropy(
         )
     if not temperature > 0:
         raise ValueError(f"ops.token_logprobs: temperature must be > 0, got {temperature}")
-    if logits.dim() == 1:  # one position: a batch of one
-        lp, ent = token_logprobs_and_entropy(logits[None], labels[None], temperature, with_entropy)
-        return lp[0], (ent[0] if ent is not None else None)
-    if logits.dim() == 2:
+    if logits.dim() < 3:  # one position (V,) or one row (T, V): a batch of one
         lp, ent = token_logprobs_and_entropy(logits[None], labels[None], temperature, with_entropy)
         return lp[0], (ent[0] if ent is not None else None)
     if not logits.dtype.is_floating_point:

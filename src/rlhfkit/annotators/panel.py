@@ -112,6 +112,17 @@ def label_noise_mixture(flip_prob: float) -> tuple[float, float]:
     return (0.0, 2.0 * p) if p <= 0.5 else (2.0 * p - 1.0, 2.0 - 2.0 * p)
 
 
+def ranked_with_lapse(score: np.ndarray, lapse: float, keys: np.ndarray, p_reverse: float, p_shuffle: float) -> list[int]:
+    """One group's ranking, best first by ``score`` (ties: earlier index first), after the label-noise
+    lapse: reversed when ``lapse < p_reverse``, else in the order of the random ``keys`` when
+    ``lapse < p_reverse + p_shuffle`` (``label_noise_mixture``'s probabilities)."""
+    if lapse < p_reverse:
+        return [int(j) for j in np.argsort(-score, kind="stable")][::-1]
+    if lapse < p_reverse + p_shuffle:
+        return [int(j) for j in np.argsort(keys, kind="stable")]
+    return [int(j) for j in np.argsort(-score, kind="stable")]
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -269,12 +280,7 @@ class Panel:
             score = U[start : start + k, a] / self._T[a]
             if noise:
                 score = score + gumbel[start : start + k]
-            order = [int(j) for j in np.argsort(-score, kind="stable")]
-            if lapse[i] < p_reverse:
-                order = order[::-1]
-            elif lapse[i] < p_reverse + p_shuffle:
-                order = [int(j) for j in np.argsort(shuffle_keys[start : start + k], kind="stable")]
-            out.append(order)
+            out.append(ranked_with_lapse(score, lapse[i], shuffle_keys[start : start + k], p_reverse, p_shuffle))
             start += k
         return out
 

@@ -101,6 +101,7 @@ def run_dialogue_experiment(cfg: DialogueExperimentConfig, progress: bool = True
 
     prompts = task.prompts("eval")[: cfg.eval_prompts]  # Conversations: the chat template renders every turn
     replies = {"before": answer(mle, prompts, cfg, "dialogue:mle"), "after": answer(rl, prompts, cfg, "dialogue:reinforce")}
+    plain = _plain(prompts)
     terms = {when: reward.terms_of(prompts, r) for when, r in replies.items()}
     results = {"terms": {when: {k: float(np.mean(v)) for k, v in ts.items()} for when, ts in terms.items()}}
     for when, ts in terms.items():
@@ -109,9 +110,9 @@ def run_dialogue_experiment(cfg: DialogueExperimentConfig, progress: bool = True
     write_jsonl(out / "samples.jsonl", [
         {"conversation": p, "before": b, "after": a, **{f"{k}_before": float(terms["before"][k][i]) for k in terms["before"]},
          **{f"{k}_after": float(terms["after"][k][i]) for k in terms["after"]}}
-        for i, (p, b, a) in enumerate(zip(_plain(prompts), replies["before"], replies["after"]))])
+        for i, (p, b, a) in enumerate(zip(plain, replies["before"], replies["after"]))])
     results["samples"] = [{"last_user_turn": p if isinstance(p, str) else p[-1]["content"], "before": b, "after": a}
-                          for p, b, a in list(zip(_plain(prompts), replies["before"], replies["after"]))[:5]]
+                          for p, b, a in list(zip(plain, replies["before"], replies["after"]))[:5]]
     results["timings"] = {**timings, "total": round(time.perf_counter() - t0, 1)}
     results["settings"] = dataclasses.asdict(cfg)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -121,10 +122,4 @@ def run_dialogue_experiment(cfg: DialogueExperimentConfig, progress: bool = True
 
 def _plain(prompts: list) -> list:
     """Conversations as lists of {role, content} dicts (what the prompt files and the rewards take)."""
-    out = []
-    for p in prompts:
-        if isinstance(p, str):
-            out.append(p)
-        else:
-            out.append([m if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in p])
-    return out
+    return [p if isinstance(p, str) else p.to_messages() for p in prompts]

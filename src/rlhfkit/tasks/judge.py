@@ -75,7 +75,7 @@ class RewardJudge:
     def rank(self, prompts, responses, *, flip_prob: float, rng) -> list[list[int]]:
         """Best first by the reward (ties: earlier index first); with probability ``flip_prob`` per pair,
         by the panel's label-noise mixture (``annotators.panel.label_noise_mixture``)."""
-        from rlhfkit.annotators.panel import label_noise_mixture
+        from rlhfkit.annotators.panel import label_noise_mixture, ranked_with_lapse
 
         if not 0.0 <= flip_prob <= 1.0:
             raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
@@ -89,12 +89,7 @@ class RewardJudge:
         p_reverse, p_shuffle = label_noise_mixture(flip_prob)
         out, start = [], 0
         for i, k in enumerate(sizes):
-            order = [int(j) for j in np.argsort(-scores[start : start + k], kind="stable")]
-            if lapse[i] < p_reverse:
-                order = order[::-1]
-            elif lapse[i] < p_reverse + p_shuffle:
-                order = [int(j) for j in np.argsort(keys[start : start + k], kind="stable")]
-            out.append(order)
+            out.append(ranked_with_lapse(scores[start : start + k], lapse[i], keys[start : start + k], p_reverse, p_shuffle))
             start += k
         return out
 
