@@ -7,6 +7,7 @@ import click
 
 from rlhfkit import config as C
 from rlhfkit.cli_options import config_command, quiet_libraries, run_reporting_errors
+from rlhfkit.experiments.overopt import command as overopt_command
 
 
 def _sft(cfg):
@@ -74,6 +75,7 @@ app.add_command(config_command(C.BestOfNConfig, _best_of_n, "best-of-n",
                                "Sample n responses per prompt and keep the one the reward scores highest (no training)."))
 app.add_command(config_command(C.ExpertIterationConfig, _expert_iteration, "expert-iteration",
                                "Best-of-n on fresh prompts, SFT on the winners, repeated for a number of rounds."))
+app.add_command(overopt_command())
 
 
 @app.command("generate")

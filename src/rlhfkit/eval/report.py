@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .overopt import report_section as overopt_section
 from .winrate import build_winrates, load_samples, paired_difference, paired_outcomes, read_jsonl
 
 DISPLAY_NAMES = {
@@ -619,6 +620,9 @@ def write_report(run_dir: Path | str) -> tuple[Path, Path]:
         md += [f"- Over-optimisation ({overopt_src}): {oo_sentence}"]
     md += ["", "## Plots", ""]
     md += [f"![{t}](plots/{p.name})" for t, p, _ in plots if p is not None]
+    study = overopt_section(run_dir)  # RUN/overopt/, written by `rlhfkit overopt`, when the run has one
+    if study:
+        md += study[0]
     if notes:
         md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     md_path = run_dir / "report.md"
@@ -643,6 +647,8 @@ def write_report(run_dir: Path | str) -> tuple[Path, Path]:
         if p is not None:
             b64 = base64.b64encode(p.read_bytes()).decode("ascii")
             h.append(f'<h3>{esc(title)}</h3><img class="plot" alt="{esc(title)}" src="data:image/png;base64,{b64}">')
+    if study:
+        h += study[1]
     h.append("<h2>Sample responses</h2>")
     order = [ref] + [n for n, _ in _sorted_methods(winrates) if n != ref]
     order = [n for n in order if n in samples]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -326,9 +327,11 @@ class PPOTrainer:
 
     # ---- the loop -----------------------------------------------------------------------------------
 
-    def train(self) -> Path:
+    def train(self, on_step: Callable[["PPOTrainer"], None] | None = None) -> Path:
         """Run ``step()`` until ``cfg.steps`` (or until a batch's KL passes ``cfg.max_kl``), logging and
-        checkpointing; then save the policy, value head and ppo_summary.json into ``cfg.out``."""
+        checkpointing; then save the policy, value head and ppo_summary.json into ``cfg.out``.
+        ``on_step(trainer)`` runs after each update (``trainer.step_count`` updates done): a measurement of
+        the policy along the way, e.g. the over-optimisation study's (``rlhfkit overopt``)."""
         cfg, run = self.cfg, self.run
         stop_reason = "steps"
         # which policy is saved, and what is known of its KL: the KL of pi_s is measured on the samples
@@ -360,6 +363,8 @@ class PPOTrainer:
                 run.log(self.step_count, m, res["timings"])
                 run.advance(info)
                 run.maybe_checkpoint(self.step_count, kl_coef=self.kl_ctl.value, **self._ptx_state())
+                if on_step is not None:
+                    on_step(self)
         if saved is None:
             saved = {"policy_after_update": self.step_count, "kl_k1": None, "kl_measured": False,
                      "note": "the policy after the last update; its KL was not measured (the last measured KL, "
