@@ -128,3 +128,25 @@ def test_target_kl_acts_per_minibatch_with_one_epoch(tmp_path, sft_runs):
     capped = train_ppo(_cfg(tmp_path, sft_runs["full"], tmp_path / "capped", target_kl=1e-12, **kw), reward_fn=good_fraction,
                        progress=False)
     assert [r["ppo_minibatches_done"] for r in _metrics(capped)] == [1, 1]
+
+
+def test_old_logprobs_and_values_from_sampling_equal_a_recomputation(tmp_path, sft_runs):
+    """pi_old's log-probs and values taken from the sampling pass (the CPU engine keeps the hidden states)
+    equal those of one more forward pass, so PPO may skip that pass (``old_from_sampling``)."""
+    from rlhfkit.train.ppo import PPOTrainer
+
+    cfg = _cfg(tmp_path, sft_runs["full"], tmp_path / "ppo")
+    prompts = [f"Say words {i}." for i in range(8)]
+    trainer = PPOTrainer(cfg, good_fraction, prompts, progress=False)
+    with torch.no_grad():  # a non-zero value head (it starts at zero)
+        trainer.unwrapped.value_head.summary.weight.normal_(0, 0.5)
+        trainer.unwrapped.value_head.summary.bias.fill_(0.3)
+    ro = trainer.sample(prompts)
+    assert ro.hidden is not None and ro.hidden.shape[:2] == ro.response_ids.shape
+    from_sampling = trainer.score_logprobs_values(ro)
+    trainer.cfg.old_from_sampling = False
+    recomputed = trainer.score_logprobs_values(ro)
+    m = ro.response_mask.bool()
+    for a, b in zip(from_sampling, recomputed):
+        torch.testing.assert_close(a[m], b[m], rtol=0, atol=1e-4)
+    assert from_sampling[1][m].abs().min() > 0  # the values really were compared

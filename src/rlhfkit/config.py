@@ -95,6 +95,7 @@ class PPOConfig(CommonConfig):
     max_new_tokens: int = opt(32, "Longest response.")
     temperature: float = opt(1.0, "Sampling temperature (log-probs are recomputed at the same temperature).")
     top_p: float = opt(1.0, "Nucleus sampling.")
+    old_from_sampling: bool = opt(True, "Take pi_old's log-probs and values from the sampling pass, not from one more forward pass, where the sampler keeps them (the CPU engine in fp32, where they equal a recomputation within rounding); off: always recompute.")
     init_kl_coef: float = opt(0.05, "beta: weight of the per-token KL penalty to the reference inside the reward.")
     adaptive_kl: bool = opt(False, "Adapt beta towards kl_target (Ziegler et al. 2019).")
     kl_target: float = opt(6.0, "Target KL (nats per sequence) of the adaptive controller.")

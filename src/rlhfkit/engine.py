@@ -138,8 +138,10 @@ class PackedLlama:
         gu = _linear(layer["norm2"](h), layer["gate_up"])
         return h + _linear(layer["act"](gu[..., : self.inter]) * gu[..., self.inter :], layer["down"])
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return _linear(self.norm(h), self.head)
+    def logits(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, final normed hidden state) of hidden states h."""
+        normed = self.norm(h)
+        return _linear(normed, self.head), normed
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(ids)
@@ -152,6 +154,7 @@ class EngineDecoder:
     with ``valid`` marking the real columns; positions count real tokens from 0, as with left padding."""
 
     compact_fraction = 0.125  # drop finished rows once they are this share of the batch
+    last_hidden: torch.Tensor | None = None  # the final normed hidden state behind the last logits (B, d)
 
     def __init__(self, model, max_new_tokens: int):
         self.w = PackedLlama.of(model)
@@ -195,6 +198,7 @@ class EngineDecoder:
                 self.v[li, :, :, :c] = v
 
         logits = torch.empty(len(rows), w.vocab_size)
+        hidden = torch.empty(len(rows), w.embed_tokens.weight.shape[1])
         order = torch.argsort(lengths, descending=True).tolist()
         start = 0
         while start < len(order):
@@ -202,7 +206,8 @@ class EngineDecoder:
             take = max(1, CHUNK_TOKENS // width)
             chunk = order[start : start + take]
             start += len(chunk)
-            logits[chunk] = self._run_chunk([rest[i] for i in chunk], chunk, c, W, prefix_kv, inverse)
+            logits[chunk], hidden[chunk] = self._run_chunk([rest[i] for i in chunk], chunk, c, W, prefix_kv, inverse)
+        self.last_hidden = hidden[inverse]
         return logits[inverse]
 
     def _run_prefix(self, ids: torch.Tensor):
@@ -218,9 +223,9 @@ class EngineDecoder:
             h = w.attend_and_mlp(layer, h, q, k, v, mask)
         return kv
 
-    def _run_chunk(self, seqs: list, distinct_idx: list, c: int, W: int, prefix_kv, inverse) -> torch.Tensor:
+    def _run_chunk(self, seqs: list, distinct_idx: list, c: int, W: int, prefix_kv, inverse):
         """Run the rest of some distinct prompts (left-padded to the longest), write their keys and values
-        into the cache rows that hold them, and return their next-token logits (n, V)."""
+        into the cache rows that hold them, and return their next-token logits (n, V) and hidden states."""
         w = self.w
         n, width = len(seqs), len(seqs[0])
         ids = torch.zeros(n, width, dtype=torch.long)
@@ -274,7 +279,8 @@ class EngineDecoder:
             h = w.attend_and_mlp(layer, h, q, self.k[li, :, :, : c + 1], self.v[li, :, :, : c + 1], mask)
         self.cur += 1
         self.next_pos = self.next_pos + 1
-        return w.logits(h[:, -1])
+        logits, self.last_hidden = w.logits(h[:, -1])
+        return logits
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only these rows (indices into the current rows)."""

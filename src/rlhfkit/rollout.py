@@ -48,6 +48,7 @@ class Rollout:
     logprobs: torch.Tensor
     ended: torch.Tensor
     responses: list[str] = field(default_factory=list)
+    hidden: torch.Tensor | None = None  # (B, T, d) final hidden states behind the tokens, when asked and kept
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -68,6 +69,7 @@ class Rollout:
             logprobs=t(self.logprobs),
             ended=t(self.ended),
             responses=[self.responses[i] for i in idx.tolist()] if self.responses else [],
+            hidden=None if self.hidden is None else t(self.hidden),
         )
 
 
@@ -138,6 +140,7 @@ class HFDecoder:
     leaves the cache at once (``compact_fraction = 0``)."""
 
     compact_fraction = 0.0
+    last_hidden = None  # not kept on this path: callers that need hidden states recompute them
 
     def __init__(self, model, bf16: bool):
         self.model, self.bf16 = model, bf16
@@ -173,12 +176,15 @@ def decoder_for(model, bf16: bool, max_new_tokens: int):
 
 @torch.no_grad()
 def sample_batch(model, prompt_ids, prompt_mask, cfg: GenerationConfig, eos_token_id: int, pad_token_id: int,
-                 generator: torch.Generator | None = None, bf16: bool = False, decoder=None):
+                 generator: torch.Generator | None = None, bf16: bool = False, decoder=None, keep_hidden: bool = False):
     """Sample up to ``cfg.max_new_tokens`` per row with a KV cache; rows leave the batch at EOS.
 
+    ``keep_hidden``: also return the final normed hidden state behind each sampled token (B, T, d) -- what
+    a value head reads -- or None where the decoder does not keep it (transformers' path).
     Only the rows still sampling draw random numbers, in row order, whichever decoder runs (so the
     engine and transformers' path draw the same samples from the same logits).
-    Returns (response_ids (B, T), response_mask (B, T), logprobs (B, T), ended (B,))."""
+    Returns (response_ids (B, T), response_mask (B, T), logprobs (B, T), ended (B,)), and the hidden
+    states as a fifth element when ``keep_hidden``."""
     device = prompt_ids.device
     B, T = prompt_ids.shape[0], cfg.max_new_tokens
     resp = torch.full((B, T), pad_token_id, dtype=torch.long, device=device)
@@ -187,6 +193,9 @@ def sample_batch(model, prompt_ids, prompt_mask, cfg: GenerationConfig, eos_toke
     ended = torch.zeros(B, dtype=torch.bool, device=device)
     dec = decoder if decoder is not None else decoder_for(model, bf16, T)
     logits = dec.prefill(prompt_ids, prompt_mask)
+    hidden = None
+    if keep_hidden and dec.last_hidden is not None:
+        hidden = torch.zeros((B, T, dec.last_hidden.shape[-1]), dtype=torch.float32, device=device)
     rows = torch.arange(B, device=device)  # the batch row of each decoder row
     alive = torch.ones(B, dtype=torch.bool, device=device)  # decoder rows still sampling
     for t in range(T):
@@ -194,6 +203,8 @@ def sample_batch(model, prompt_ids, prompt_mask, cfg: GenerationConfig, eos_toke
         tok, lp = _sample_token(logits if len(idx) == len(alive) else logits[idx], cfg, generator)
         live = rows[idx]
         resp[live, t], logps[live, t], mask[live, t] = tok, lp, 1
+        if hidden is not None:
+            hidden[live, t] = dec.last_hidden[idx].float()
         done = tok == eos_token_id
         ended[live[done]] = True
         alive[idx[done]] = False
@@ -210,7 +221,8 @@ def sample_batch(model, prompt_ids, prompt_mask, cfg: GenerationConfig, eos_toke
     # trim trailing all-pad columns
     width = int(mask.sum(1).max().item()) if B else 0
     width = max(width, 1)
-    return resp[:, :width], mask[:, :width], logps[:, :width], ended
+    out = (resp[:, :width], mask[:, :width], logps[:, :width], ended)
+    return out + (None if hidden is None else hidden[:, :width],) if keep_hidden else out
 
 
 def decode_responses(tokenizer, response_ids, response_mask) -> list[str]:
@@ -226,8 +238,10 @@ def decode_responses(tokenizer, response_ids, response_mask) -> list[str]:
 
 
 def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig, *, seed: int | None = None,
-             generator: torch.Generator | None = None, bf16: bool = False, progress=None) -> Rollout:
-    """Sample one response per prompt in batches of ``cfg.batch_size``; returns one padded Rollout."""
+             generator: torch.Generator | None = None, bf16: bool = False, progress=None,
+             keep_hidden: bool = False) -> Rollout:
+    """Sample one response per prompt in batches of ``cfg.batch_size``; returns one padded Rollout
+    (with ``hidden`` when ``keep_hidden`` and the sampler kept it: see ``sample_batch``)."""
     device = next(model.parameters()).device
     if generator is None:
         generator = torch.Generator(device="cpu")
@@ -242,10 +256,11 @@ def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig, *, see
         for i in range(0, len(prompts), size):
             chunk = prompts[i : i + size]
             ids, mask = encode_prompts(tokenizer, chunk, cfg.system_prompt, device, cfg.chat_template)
-            r_ids, r_mask, r_lp, ended = sample_batch(
-                model, ids, mask, cfg, tokenizer.eos_token_id, tokenizer.pad_token_id, generator, bf16
+            r_ids, r_mask, r_lp, ended, *hid = sample_batch(
+                model, ids, mask, cfg, tokenizer.eos_token_id, tokenizer.pad_token_id, generator, bf16,
+                keep_hidden=keep_hidden,
             )
-            parts.append((chunk, ids, mask, r_ids, r_mask, r_lp, ended))
+            parts.append((chunk, ids, mask, r_ids, r_mask, r_lp, ended, hid[0] if hid else None))
             if progress is not None:
                 progress(len(chunk))
     finally:
@@ -266,4 +281,6 @@ def concat_rollouts(parts, pad_id: int) -> Rollout:
         response_mask=torch.cat([pad_to(p[4], T, 0, False) for p in parts]),
         logprobs=torch.cat([pad_to(p[5], T, 0.0, False) for p in parts]),
         ended=torch.cat([p[6] for p in parts]),
+        hidden=None if any(p[7] is None for p in parts)
+        else torch.cat([torch.nn.functional.pad(p[7], (0, 0, 0, T - p[7].shape[1])) for p in parts]),
     )

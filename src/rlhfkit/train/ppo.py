@@ -134,20 +134,29 @@ class PPOTrainer:
 
     def sample(self, prompts: list[str]) -> Rollout:
         """Responses of the current policy to ``prompts``, drawn with the trainer's generator."""
-        return generate(self.unwrapped.lm, self.tokenizer, prompts, self.gen_cfg, generator=self.generator, bf16=self.bf16)
+        return generate(self.unwrapped.lm, self.tokenizer, prompts, self.gen_cfg, generator=self.generator, bf16=self.bf16,
+                        keep_hidden=self.cfg.old_from_sampling and not self.bf16)
 
     @torch.no_grad()
     def score_logprobs_values(self, ro: Rollout):
-        """pi_old log-probs and values, and the reference's log-probs, at the sampling temperature."""
+        """pi_old log-probs and values, and the reference's log-probs, at the sampling temperature.
+
+        With ``old_from_sampling`` and hidden states kept by the sampler, pi_old's log-probs are the
+        sampler's own (the same temperature, before top-p truncation, as a recomputation) and the values
+        the value head on the sampler's hidden states: one policy forward pass fewer per iteration."""
         args = (ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask)
         mb = max(self.cfg.minibatch_size, 1) * 2
         old_logp, values, ref_logp = [], [], []
         policy = self.unwrapped
+        from_sampling = self.cfg.old_from_sampling and ro.hidden is not None
         policy.eval()
         for i in range(0, len(ro), mb):
             part = [a[i : i + mb] for a in args]
             with autocast_context(self.accelerator.device, self.bf16):
-                o = forward_response(policy, *part, temperature=self.cfg.temperature, with_values=True)
+                if from_sampling:
+                    o = {"logprobs": ro.logprobs[i : i + mb], "values": policy.value_head(ro.hidden[i : i + mb])}
+                else:
+                    o = forward_response(policy, *part, temperature=self.cfg.temperature, with_values=True)
                 if self.ref is None:
                     with policy.lm.disable_adapter():
                         r = forward_response(policy.lm, *part, temperature=self.cfg.temperature)
