@@ -78,7 +78,6 @@ def main() -> None:
     t = {k: sum(r["timings"][k] for r in rows) / len(rows) for k in rows[0]["timings"]}
     length = sum(r["metrics"]["response_length"] for r in rows) / len(rows)
     gen_tokens = length * args.prompts
-    prompt_len = trainer_prompt_len = None
     total = t["time_generate"] + t["time_reward"] + t["time_ref_values"] + t["time_update"]
     # FLOPs: 2 * params per token forward; x3 forward+backward. Forward passes see prompt + response;
     # the LM head (vocab x width) runs only on response positions.
@@ -91,7 +90,12 @@ def main() -> None:
     seq = prompt_len + length
     head = 2 * vocab * width
     fwd = args.prompts * (2 * n_params * seq + head * length)
-    flops_ref_values = 2 * fwd  # policy(+values) and reference
+    # policy(+values) and reference; pi_old's log-probs and values come from the sampling pass where the
+    # sampler keeps hidden states (PPOConfig.old_from_sampling with the CPU engine): the reference pass only
+    from rlhfkit import engine
+
+    one_pass = cfg.old_from_sampling and engine.applies(trainer.unwrapped.lm, args.bf16)
+    flops_ref_values = (1 if one_pass else 2) * fwd
     flops_update = 3 * fwd * args.ppo_epochs
     flops_gen = args.prompts * (2 * n_params * (prompt_len + length) + head * length)
     mm32, mm16 = matmul_gflops(dtype=torch.float32), matmul_gflops(dtype=torch.bfloat16)
@@ -101,6 +105,9 @@ def main() -> None:
     print(f"seconds per PPO step: total {total:.2f} = generation {t['time_generate']:.2f} + reward {t['time_reward']:.2f} "
           f"+ reference+values {t['time_ref_values']:.2f} + update {t['time_update']:.2f}")
     print(f"generated tokens/s: {gen_tokens / t['time_generate']:.1f}")
+    print(f"reference+values: {'the reference pass only (old log-probs and values from sampling)' if one_pass else 'policy and reference passes'}")
+    # the work counted is the plain computation's (every prompt token of every row through the model); the
+    # sampler's shared prompt prefix does less, so its figure reads as useful GFLOP/s
     print(f"achieved GFLOP/s: generation {flops_gen / t['time_generate'] / 1e9:.1f}, reference+values "
           f"{flops_ref_values / t['time_ref_values'] / 1e9:.1f}, update {flops_update / t['time_update'] / 1e9:.1f}")
     print(f"matmul 2048^3 in this run: fp32 {mm32:.1f} GFLOP/s, bf16 {mm16:.1f} GFLOP/s")
