@@ -40,6 +40,18 @@ def _reinforce(cfg):
     click.echo(f"REINFORCE policy written to {train_reinforce(cfg)}")
 
 
+def _rloo(cfg):
+    from rlhfkit.train.rloo import train_rloo
+
+    click.echo(f"RLOO policy written to {train_rloo(cfg)}")
+
+
+def _grpo(cfg):
+    from rlhfkit.train.grpo import train_grpo
+
+    click.echo(f"GRPO policy written to {train_grpo(cfg)}")
+
+
 def _best_of_n(cfg):
     import json
 
@@ -71,6 +83,12 @@ app.add_command(config_command(C.PPOConfig, _ppo, "ppo", "Optimise a policy agai
 app.add_command(config_command(C.ReinforceConfig, _reinforce, "reinforce",
                                "REINFORCE with a baseline (none, constant, moving average, batch mean, leave-one-out), "
                                "optional KL penalty and MLE interpolation on reference pairs."))
+app.add_command(config_command(C.RLOOConfig, _rloo, "rloo",
+                               "RLOO: REINFORCE with the leave-one-out baseline over K samples per prompt and the "
+                               "per-token KL penalty inside the reward (on by default)."))
+app.add_command(config_command(C.GRPOConfig, _grpo, "grpo",
+                               "GRPO: group-normalised advantages over K samples per prompt, PPO's clipped ratio, "
+                               "a k3 KL term in the loss, no value network."))
 app.add_command(config_command(C.BestOfNConfig, _best_of_n, "best-of-n",
                                "Sample n responses per prompt and keep the one the reward scores highest (no training)."))
 app.add_command(config_command(C.ExpertIterationConfig, _expert_iteration, "expert-iteration",

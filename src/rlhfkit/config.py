@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -119,7 +119,11 @@ class PPOConfig(CommonConfig):
 
 
 @dataclass
-class ReinforceConfig(CommonConfig):
+class PolicyGradientConfig(CommonConfig):
+    """What the sampled policy-gradient methods share (REINFORCE, RLOO, GRPO): K responses per prompt from
+    the policy, a reward, an optional MLE term on reference pairs; the KL coefficient's meaning is each
+    method's (inside the reward for REINFORCE/RLOO, inside the loss for GRPO)."""
+
     model: str = opt("runs/sft", "Policy to start from; also the frozen reference of the KL penalty.")
     reward_model: str | None = opt(None, "Reward model folder (from `rlhfkit reward`).")
     reward_fn: str | None = opt(None, "Instead of a reward model: 'module:function' taking (prompts, responses) -> scores.")
@@ -128,11 +132,6 @@ class ReinforceConfig(CommonConfig):
     steps: int = opt(20, "Iterations (sample, score, one gradient step).")
     batch_size: int = opt(8, "Prompts per iteration.")
     samples_per_prompt: int = opt(4, "K: responses sampled per prompt (leave_one_out needs K >= 2).")
-    baseline: str = opt("leave_one_out", "b in -(R - b) log p(y|x): none, constant (baseline_value), moving_average (of earlier batches' mean rewards), batch_mean, leave_one_out (RLOO: the mean of the prompt's other K-1 samples).")
-    baseline_value: float = opt(0.0, "constant: the value of b; moving_average: b for the first batch.")
-    baseline_decay: float = opt(0.9, "moving_average: b <- decay * b + (1 - decay) * the batch's mean reward.")
-    kl_coef: float = opt(0.0, "beta: per-token KL penalty to the reference, summed into the sequence reward (0: none; KL is logged either way).")
-    kl_penalty: str = opt("k1", "Per-token KL estimator inside the reward: k1, k2 or k3.")
     mle_coef: float = opt(0.0, "alpha of MLE interpolation: loss = -(R - b) log p(y|x) - alpha * mean log p(y*|x) over a batch of mle_data pairs each step.")
     mle_data: str | None = opt(None, "SFT-format JSONL of reference pairs (prompt, completion) for mle_coef; with mle_coef 0 their log-likelihood is only logged.")
     mle_batch_size: int = opt(8, "Reference pairs per iteration for the MLE term.")
@@ -148,6 +147,49 @@ class ReinforceConfig(CommonConfig):
     reward_batch_size: int = opt(32, "Batch size for scoring with the reward model.")
     grad_variance_samples: int = opt(16, "Measure the policy-gradient variance (with and without the baseline) on this many of a batch's sequences, one extra forward/backward each on the last block's parameters (0: off).")
     log_every: int = opt(1, "Log metrics every N steps.")
+
+
+@dataclass
+class ReinforceConfig(PolicyGradientConfig):
+    baseline: str = opt("leave_one_out", "b in -(R - b) log p(y|x): none, constant (baseline_value), moving_average (of earlier batches' mean rewards), batch_mean, leave_one_out (RLOO: the mean of the prompt's other K-1 samples).")
+    baseline_value: float = opt(0.0, "constant: the value of b; moving_average: b for the first batch.")
+    baseline_decay: float = opt(0.9, "moving_average: b <- decay * b + (1 - decay) * the batch's mean reward.")
+    kl_coef: float = opt(0.0, "beta: per-token KL penalty to the reference, summed into the sequence reward (0: none; KL is logged either way).")
+    kl_penalty: str = opt("k1", "Per-token KL estimator inside the reward: k1, k2 or k3.")
+
+
+# `rlhfkit rloo|grpo --preset smoke`: the tiny model, a few short steps (a reward and prompts still given)
+_PG_SMOKE = dict(model="tiny", out="runs/pg_smoke", mixed_precision="no", steps=4, batch_size=4, samples_per_prompt=4,
+                 minibatch_size=8, max_new_tokens=8, lr=1e-3)
+
+
+@dataclass
+class RLOOConfig(ReinforceConfig):
+    """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024): `rlhfkit reinforce` with the
+    leave-one-out baseline and the per-token KL penalty inside the reward on by default."""
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"smoke": dict(_PG_SMOKE, out="runs/rloo_smoke")}
+
+    baseline: str = opt("leave_one_out", "Fixed: leave_one_out (each sample's baseline is the mean reward of the prompt's other K-1 samples); other baselines: `rlhfkit reinforce`.")
+    kl_coef: float = opt(0.05, "beta: per-token KL penalty to the reference, summed into the sequence reward (RLOO keeps it on; 0: none).")
+    grad_variance_samples: int = opt(0, "Measure the policy-gradient variance (with and without the baseline) on this many of a batch's sequences, one extra forward/backward each (0: off).")
+
+
+@dataclass
+class GRPOConfig(PolicyGradientConfig):
+    """Group relative policy optimisation (Shao et al. 2024, DeepSeekMath)."""
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"smoke": dict(_PG_SMOKE, out="runs/grpo_smoke")}
+
+    samples_per_prompt: int = opt(4, "K: the group of responses sampled per prompt, whose rewards normalise each other (K >= 2).")
+    minibatch_size: int = opt(16, "Sequences per optimiser step, rounded down to whole groups of K (each group's prompt then runs once); a batch of batch_size * K sequences takes several steps, the later ones off-policy, which is what the clipped ratio is for.")
+    grpo_epochs: int = opt(1, "mu: passes over each batch (each pass a round of minibatch steps, the ratio taken to the policy that sampled).")
+    clip_eps: float = opt(0.2, "Policy ratio clip: tokens whose ratio left [1 - eps, 1 + eps] in the advantage's direction give no gradient.")
+    kl_coef: float = opt(0.04, "beta of the k3 KL term in the loss, exp(ref - logp) - (ref - logp) - 1 per token (DeepSeekMath: 0.04; 0: none; KL is logged either way).")
+    scale_rewards: bool = opt(True, "Divide a group's centred rewards by their std (+ adv_eps); off: r - mean only (Dr. GRPO, Liu et al. 2025).")
+    adv_eps: float = opt(1e-4, "Added to a group's reward std before dividing (a group of equal rewards gets advantages 0).")
+    loss_aggregation: str = opt("sequence", "sequence: each response's token mean, then the mean over responses (DeepSeekMath); token: the mean over all tokens of the minibatch (DAPO).")
+    grad_variance_samples: int = opt(0, "Measure the policy-gradient variance (with the group advantages and with the raw rewards) on this many of a batch's sequences, one extra forward/backward each (0: off).")
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Pure tensor math of RLHF: log-probs, masked statistics, KL penalties, GAE, PPO,
-reward-model and DPO losses, REINFORCE (baselines, loss, MLE term, gradient variance).
+reward-model and DPO losses, REINFORCE (baselines, loss, MLE term, gradient variance), GRPO.
 
 Every function here is a pure function of tensors: it never modifies its inputs in
 place, holds no state, reads no config, and works on any device for float32,
@@ -56,6 +56,8 @@ __all__ = [
     "reinforce_loss",
     "mle_loss",
     "pg_grad_variance",
+    "grpo_advantages",
+    "grpo_loss",
 ]
 
 KL_KINDS = ("k1", "k2", "k3")
@@ -770,3 +772,74 @@ def pg_grad_variance(score_grads: torch.Tensor, advantages: torch.Tensor) -> tor
     acc = _compute_dtype(score_grads.dtype)
     g = advantages.to(acc).unsqueeze(1) * score_grads.to(acc)
     return ((g - g.mean(dim=0, keepdim=True)) ** 2).sum(dim=1).mean().to(score_grads.dtype)
+
+
+# --------------------------------------------------------------------------- GRPO
+
+GRPO_AGGREGATIONS = ("sequence", "token")
+
+
+def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale: bool = True) -> torch.Tensor:
+    """GRPO's group-normalised advantages (Shao et al. 2024, DeepSeekMath, outcome supervision).
+
+    rewards: (P, K) rewards of K >= 2 samples for each of P prompts (a prompt's samples are its group).
+    returns: (P, K) ``(r - mean_k r) / (std_k r + eps)``, the std over the group with Bessel's
+        correction (K - 1), as DeepSeekMath's and TRL's implementations take it; a group whose
+        rewards are all equal gets advantages 0. ``scale=False``: ``r - mean_k r`` only (Liu et al.
+        2025, "Dr. GRPO": the std division weighs groups that are nearly solved or nearly hopeless
+        up). Computed in float32 or wider, returned in rewards' dtype.
+    """
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise ValueError(
+            f"ops.grpo_advantages: rewards must be (P, K) with K >= 2 samples per prompt, got shape {tuple(rewards.shape)}"
+        )
+    r = rewards.to(_compute_dtype(rewards.dtype))
+    centred = r - r.mean(dim=1, keepdim=True)
+    if scale:
+        centred = centred / (r.std(dim=1, keepdim=True) + eps)
+    return centred.to(rewards.dtype)
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float = 0.2,
+    beta: float = 0.04,
+    aggregation: str = "sequence",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GRPO's objective, to be minimised (Shao et al. 2024, eq. 3): PPO's clipped surrogate with a
+    sequence's advantage at each of its tokens, plus ``beta`` times the k3 estimate of KL(pi || pi_ref)
+    at each token, inside the loss rather than the reward; no value function.
+
+    logp: (B, T) log pi_theta(y_t) (with grad); old_logp: (B, T) at sampling time; ref_logp: (B, T)
+    under the frozen reference; advantages: (B,) (``grpo_advantages``, flattened); mask: (B, T).
+    aggregation: "sequence": each response's token mean, then the mean over responses (the paper's
+        ``1/G sum_i 1/|o_i| sum_t``); "token": the mean over every real token of the batch (DAPO;
+        long responses weigh more).
+    returns: ``(loss, parts)``; per token ``max(-A ratio, -A clamp(ratio, 1-eps, 1+eps))`` is
+        ``ppo_policy_loss``'s and ``kl_penalty(logp, ref_logp, "k3") = exp(ref - logp) - (ref - logp) - 1``
+        (never negative; its gradient through logp pulls pi towards pi_ref); ``parts``: ``pg_loss``,
+        ``kl`` (the aggregated k3, with grad) and ``clip_frac`` (no grad).
+    """
+    _check_same_shape("grpo_loss", logp=logp, old_logp=old_logp, ref_logp=ref_logp, mask=mask)
+    if tuple(advantages.shape) != tuple(logp.shape[:1]):
+        raise ValueError(
+            f"ops.grpo_loss: advantages must have shape (B,) = {tuple(logp.shape[:1])}, got {tuple(advantages.shape)}"
+        )
+    if aggregation not in GRPO_AGGREGATIONS:
+        raise ValueError(f"ops.grpo_loss: aggregation must be one of {GRPO_AGGREGATIONS}, got {aggregation!r}")
+    real = _real(mask)
+    acc = _compute_dtype(logp.dtype)
+    weights = real.to(acc)
+    if aggregation == "sequence":
+        # a masked mean with weights 1/|o_i| is the mean over responses of each response's token mean
+        weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+    per_token_adv = advantages.detach().to(logp.dtype).unsqueeze(1).expand_as(logp)
+    pg, clip_frac = ppo_policy_loss(logp, old_logp, per_token_adv, weights, clip_eps)
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    ref = torch.where(real, ref_logp.detach().to(logp.dtype), zero)
+    kl = masked_mean(kl_penalty(torch.where(real, logp, zero), ref, "k3"), weights)
+    return pg + beta * kl, {"pg_loss": pg, "kl": kl, "clip_frac": clip_frac}

@@ -40,6 +40,7 @@ DISPLAY_NAMES = {
     "dpo": "DPO",
     "reinforce": "REINFORCE",
     "rloo": "RLOO",
+    "grpo": "GRPO",
 }
 # The methods the pipeline is expected to produce; a missing one earns a note.
 EXPECTED_METHODS = ("initial", "sft", "best_of_n", "expert_iteration", "ppo")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit import ops
-from rlhfkit.config import ReinforceConfig
+from rlhfkit.config import PolicyGradientConfig, ReinforceConfig
 from rlhfkit.data import SFTExample, load_prompts, load_sft
 from rlhfkit.forward import autocast_context, forward_response, prompt_format
 from rlhfkit.models import is_peft, load_causal_lm, load_tokenizer
@@ -37,8 +37,7 @@ def check_config(cfg: ReinforceConfig, reward_given: bool = False) -> None:
     K = cfg.samples_per_prompt
     if cfg.baseline not in ops.BASELINES:
         raise ValueError(f"--baseline {cfg.baseline!r}: expected one of {', '.join(ops.BASELINES)}")
-    if K < 1 or cfg.batch_size < 1:
-        raise ValueError(f"--samples-per-prompt ({K}) and --batch-size ({cfg.batch_size}) must be at least 1")
+    check_sampling(cfg, reward_given)
     if cfg.baseline == "leave_one_out" and K < 2:
         raise ValueError(f"--baseline leave_one_out needs --samples-per-prompt >= 2 (each sample's baseline is the "
                          f"mean of the prompt's other samples), got {K}")
@@ -47,10 +46,18 @@ def check_config(cfg: ReinforceConfig, reward_given: bool = False) -> None:
                          "raise --batch-size or --samples-per-prompt")
     if cfg.baseline == "moving_average" and not 0.0 <= cfg.baseline_decay < 1.0:
         raise ValueError(f"--baseline-decay must be in [0, 1), got {cfg.baseline_decay}")
-    if cfg.kl_coef < 0 or cfg.mle_coef < 0:
-        raise ValueError(f"--kl-coef ({cfg.kl_coef}) and --mle-coef ({cfg.mle_coef}) must be >= 0")
     if cfg.kl_penalty not in ops.KL_KINDS:
         raise ValueError(f"--kl-penalty {cfg.kl_penalty!r}: expected one of {', '.join(ops.KL_KINDS)}")
+
+
+def check_sampling(cfg: PolicyGradientConfig, reward_given: bool = False) -> None:
+    """The checks every sampled policy-gradient method shares (REINFORCE, RLOO, GRPO): group and batch
+    sizes, coefficients, the MLE data, the temperature and exactly one reward."""
+    K = cfg.samples_per_prompt
+    if K < 1 or cfg.batch_size < 1:
+        raise ValueError(f"--samples-per-prompt ({K}) and --batch-size ({cfg.batch_size}) must be at least 1")
+    if cfg.kl_coef < 0 or cfg.mle_coef < 0:
+        raise ValueError(f"--kl-coef ({cfg.kl_coef}) and --mle-coef ({cfg.mle_coef}) must be >= 0")
     if cfg.mle_coef > 0 and not cfg.mle_data:
         raise ValueError("--mle-coef > 0 needs --mle-data (SFT-format JSONL of reference pairs)")
     if cfg.temperature <= 0:
@@ -103,10 +110,12 @@ class ReinforceTrainer:
         metrics = trainer.step()["metrics"]  # one iteration; or trainer.train() for cfg.steps of them
     """
 
-    def __init__(self, cfg: ReinforceConfig, reward_fn: RewardFn, prompts: list, mle_examples: list[SFTExample] | None = None,
+    name = "REINFORCE"  # the progress bar's label
+
+    def __init__(self, cfg: PolicyGradientConfig, reward_fn: RewardFn, prompts: list, mle_examples: list[SFTExample] | None = None,
                  progress: bool = True):
         self.cfg, self.reward_fn, self.prompts, self.mle_examples = cfg, reward_fn, prompts, mle_examples or None
-        self.run = TrainingRun(cfg, "REINFORCE", progress=progress)
+        self.run = TrainingRun(cfg, self.name, progress=progress)
         acc = self.accelerator = self.run.accelerator
         self.tokenizer = load_tokenizer(cfg.model)
         lm = self.run.load_lm()
@@ -209,12 +218,7 @@ class ReinforceTrainer:
         stats = {"pg_loss": pg_loss, "entropy": ent_sum / max(float(mask.sum()), 1.0)}
         loss = pg_loss
         if self.mle_batches is not None:
-            examples = [self.mle_examples[i] for i in self.mle_batches.next()]
-            batch = encode_sft_batch(self.tokenizer, examples, cfg, acc.device)
-            # with alpha 0 the reference pairs' likelihood is only measured
-            with torch.set_grad_enabled(cfg.mle_coef > 0):
-                logp = forward_response(self.policy, *batch[:4])["logprobs"].float()
-                mle = ops.mle_loss(logp, batch[4], "sequence")
+            mle = self.mle_term()
             if cfg.mle_coef > 0:
                 acc.backward(cfg.mle_coef * mle)
                 loss += cfg.mle_coef * mle.item()
@@ -226,17 +230,27 @@ class ReinforceTrainer:
         stats["loss"] = loss
         return stats
 
-    def step(self) -> dict:
-        """One iteration on the next batch of prompts. Returns ``{"metrics": ..., "timings": ...}``."""
+    def mle_term(self) -> torch.Tensor:
+        """-mean log p(y*|x) (sequence sums) on the next ``cfg.mle_batch_size`` reference pairs: the MLE
+        term, with gradient when ``cfg.mle_coef`` > 0 (with alpha 0 the pairs' likelihood is only measured)."""
+        cfg = self.cfg
+        examples = [self.mle_examples[i] for i in self.mle_batches.next()]
+        batch = encode_sft_batch(self.tokenizer, examples, cfg, self.accelerator.device)
+        with torch.set_grad_enabled(cfg.mle_coef > 0):
+            logp = forward_response(self.policy, *batch[:4])["logprobs"].float()
+            return ops.mle_loss(logp, batch[4], "sequence")
+
+    def rollout(self, timer: Timer) -> tuple[list, Rollout, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Steps 1 and 2 of an iteration on the next batch of prompts, each repeated K times side by side:
+        sample, score (less ``missing_eos_penalty`` for responses without EOS), and the sampled tokens'
+        log-probs under the policy that drew them and under the reference. Returns ``(prompts, rollout,
+        scores (B,), logp (B, T), ref_logp (B, T))``, both log-prob tensors 0 at padding."""
         cfg, acc, K = self.cfg, self.accelerator, self.cfg.samples_per_prompt
-        timer = Timer()
         idx = self.batches.next()[acc.process_index :: acc.num_processes]
         prompts = [self.prompts[i] for i in idx for _ in range(K)]  # a prompt's K samples side by side
-        # 1. sample
         with timer("time_generate"):
             ro = self.sample(prompts)
         mask = ro.response_mask.float()
-        # 2. score, with the KL penalty to the reference inside the sequence reward
         with timer("time_reward"):
             scores = as_scores(self.reward_fn(prompts, ro.responses), len(prompts)).to(mask.device)
             if cfg.missing_eos_penalty:
@@ -244,7 +258,28 @@ class ReinforceTrainer:
         with timer("time_ref"):
             ref_logp = self.ref_logprobs(ro)
         # the sampling log-probs are the policy's at the sampling temperature: no second policy pass
-        logp = ro.logprobs.float() * mask
+        return prompts, ro, scores, ro.logprobs.float() * mask, ref_logp
+
+    def sample_metrics(self, ro: Rollout, scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor) -> dict:
+        """What every sampled method logs of a batch: the score, KL to the reference (k1 and k3, nats per
+        sequence), the KL coefficient, response length and EOS rate."""
+        mask = ro.response_mask.float()
+        return {
+            "score": scores.mean().item(), "score_std": scores.std().item() if len(scores) > 1 else 0.0,
+            "kl_k1": (ops.kl_penalty(logp, ref_logp, "k1") * mask).sum(1).mean().item(),
+            "kl_k3": (ops.kl_penalty(logp, ref_logp, "k3") * mask).sum(1).mean().item(),
+            "kl_coef": self.cfg.kl_coef,
+            "response_length": mask.sum(1).mean().item(), "eos_rate": ro.ended.float().mean().item(),
+        }
+
+    def step(self) -> dict:
+        """One iteration on the next batch of prompts. Returns ``{"metrics": ..., "timings": ...}``."""
+        cfg, K = self.cfg, self.cfg.samples_per_prompt
+        timer = Timer()
+        # 1. sample  2. score
+        prompts, ro, scores, logp, ref_logp = self.rollout(timer)
+        mask = ro.response_mask.float()
+        # the KL penalty to the reference inside the sequence reward
         rewards = ops.kl_penalized_scores(scores, logp, ref_logp, mask, cfg.kl_coef, cfg.kl_penalty)
         # 3. advantages: R - b
         advantages, new_state = ops.reinforce_advantages(rewards.view(-1, K), cfg.baseline, self.baseline_state,
@@ -258,14 +293,9 @@ class ReinforceTrainer:
         self.baseline_state = new_state
         self.step_count += 1
         metrics = {
-            "score": scores.mean().item(), "score_std": scores.std().item() if len(scores) > 1 else 0.0,
-            "reward": rewards.mean().item(),
-            "kl_k1": (ops.kl_penalty(logp, ref_logp, "k1") * mask).sum(1).mean().item(),
-            "kl_k3": (ops.kl_penalty(logp, ref_logp, "k3") * mask).sum(1).mean().item(),
-            "kl_coef": cfg.kl_coef,
+            **self.sample_metrics(ro, scores, logp, ref_logp), "reward": rewards.mean().item(),
             "baseline_mean": (rewards - advantages).mean().item(),
             "advantage_std": advantages.std().item() if len(advantages) > 1 else 0.0,
-            "response_length": mask.sum(1).mean().item(), "eos_rate": ro.ended.float().mean().item(),
             **stats, **variance,
         }
         timings = {**timer.t, "tokens_per_s": int(mask.sum()) / max(timer.t["time_generate"], 1e-9)}
@@ -274,12 +304,16 @@ class ReinforceTrainer:
 
     # ---- the loop -----------------------------------------------------------------------------------
 
+    def run_info(self) -> dict:
+        """What run_info.json records of the method (besides the model, reward, prompts and data)."""
+        return {"baseline": self.cfg.baseline}
+
     def train(self) -> Path:
         """Run ``step()`` ``cfg.steps`` times, logging and checkpointing; then save the policy (LoRA merged)
         into ``cfg.out``."""
         cfg, run = self.cfg, self.run
         reward = cfg.reward_model or cfg.reward_fn or cfg.reward_task or getattr(self.reward_fn, "__name__", "callable")
-        with run.loop(cfg.steps, model=cfg.model, reward=reward, prompts=cfg.prompts, baseline=cfg.baseline,
+        with run.loop(cfg.steps, model=cfg.model, reward=reward, prompts=cfg.prompts, **self.run_info(),
                       mle_data=cfg.mle_data, prompt_format=prompt_format(self.tokenizer, cfg.chat_template)):
             while self.step_count < cfg.steps:
                 m = (res := self.step())["metrics"]
@@ -317,8 +351,15 @@ def train_reinforce(cfg: ReinforceConfig, reward_fn: RewardFn | None = None, pro
                               reward_fn=lambda prompts, responses: [r.count("good") for r in responses])
     """
     check_config(cfg, reward_given=reward_fn is not None)
+    return run_trainer(ReinforceTrainer, cfg, reward_fn, progress)
+
+
+def run_trainer(trainer_cls: type, cfg: PolicyGradientConfig, reward_fn: RewardFn | None = None, progress: bool = True) -> Path:
+    """Read the prompts and reference pairs, build the reward the config names (unless ``reward_fn`` is
+    given) and train a ``trainer_cls`` (``ReinforceTrainer`` or a method built on it) to the end; the
+    caller has checked ``cfg``. Returns the run directory."""
     prompts = [r["prompt"] for r in load_prompts(cfg.prompts, cfg.chat_template)]  # malformed lines stop here
     mle_examples = load_sft(cfg.mle_data, cfg.chat_template) if cfg.mle_data else None
     resolve_config_precision(cfg)  # before the reward scorer is built: it follows the same decision
     reward_fn = reward_fn or load_reward(cfg, device="cpu")
-    return ReinforceTrainer(cfg, reward_fn, prompts, mle_examples, progress).train()
+    return trainer_cls(cfg, reward_fn, prompts, mle_examples, progress).train()
