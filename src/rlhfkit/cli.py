@@ -28,6 +28,21 @@ def _reward(cfg):
     click.echo(f"reward model written to {out}")
 
 
+def _dpo(cfg):
+    import json
+
+    from rlhfkit.train.dpo import train_dpo
+
+    out = train_dpo(cfg)
+    ev = json.loads((out / "eval.json").read_text())
+    if ev.get("eval"):
+        e = ev["eval"]
+        click.echo(f"held-out: accuracy {e['eval_accuracy']:.3f}, implicit reward margin {e['eval_reward_margin']:+.3f}, "
+                   f"log-prob margin {e['eval_logp_margin']:+.2f} (reference {ev['reference']['eval_logp_margin']:+.2f}) "
+                   f"on {e['eval_pairs']} pairs")
+    click.echo(f"DPO policy written to {out}")
+
+
 def _ppo(cfg):
     from rlhfkit.train.ppo import train_ppo
 
@@ -79,6 +94,7 @@ def app():
 
 app.add_command(config_command(C.SFTConfig, _sft, "sft", "Supervised fine-tuning on demonstrations (loss on response tokens only)."))
 app.add_command(config_command(C.RewardConfig, _reward, "reward", "Train a Bradley-Terry reward model on preference pairs and rankings."))
+app.add_command(config_command(C.DPOConfig, _dpo, "dpo", "Direct preference optimisation of a policy on preference pairs and rankings against a frozen reference (no reward model, no sampling)."))
 app.add_command(config_command(C.PPOConfig, _ppo, "ppo", "Optimise a policy against a reward with PPO and a per-token KL penalty."))
 app.add_command(config_command(C.ReinforceConfig, _reinforce, "reinforce",
                                "REINFORCE with a baseline (none, constant, moving average, batch mean, leave-one-out), "

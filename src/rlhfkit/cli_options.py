@@ -48,15 +48,23 @@ def dataclass_options(cls) -> list[click.Option]:
 
 
 def config_command(cls, run, name: str, help: str) -> click.Command:
-    """A click command with --config and one option per dataclass field."""
+    """A click command with --config and one option per dataclass field; with ``--preset NAME`` too when
+    the dataclass has a ``presets`` class variable ({name: {option: value}}: defaults < --config file <
+    the preset < flags, as in ``rlhfkit demo``)."""
     params = [click.Option(["--config", "config_file"], type=click.Path(exists=True, dir_okay=False),
                            help="YAML file of options; flags given on the command line override it.")]
+    presets = getattr(cls, "presets", None) or {}
+    if presets:
+        params.append(click.Option(["--preset"], type=click.Choice(list(presets)), default=None,
+                                   help="Preset values over the defaults and the --config file (flags override them); "
+                                        "smoke: the tiny model in well under 2 minutes."))
     params += dataclass_options(cls)
 
-    def callback(config_file, **kw):
+    def callback(config_file, preset=None, **kw):
         quiet_libraries()
         try:
-            cfg = load_config(cls, config_file, kw)
+            given = {k: v for k, v in kw.items() if v is not None}  # None: a flag not typed
+            cfg = load_config(cls, config_file, {**presets.get(preset, {}), **given})
         except (ValueError, TypeError) as e:
             raise click.UsageError(str(e))
         run_reporting_errors(run, cfg)

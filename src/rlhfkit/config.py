@@ -81,6 +81,36 @@ class RewardConfig(CommonConfig):
 
 
 @dataclass
+class DPOConfig(CommonConfig):
+    """Direct preference optimisation (Rafailov et al. 2023) on preference pairs and rankings."""
+
+    # `rlhfkit dpo --preset NAME`: values over the defaults, under flags (and over a --config file)
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": dict(model="tiny", out="runs/dpo_smoke", mixed_precision="no", max_steps=6, batch_size=4, lr=1e-3,
+                      beta=0.5, max_prompt_tokens=48, max_completion_tokens=16, eval_every=3),
+    }
+
+    model: str = opt("runs/sft", "Policy to start from (an SFT checkpoint by default); also the frozen reference pi_ref of the implicit reward beta * log(pi/pi_ref) (with LoRA: the same network with adapters disabled).")
+    data: str = opt("", "Preference JSONL: {prompt, chosen, rejected} pairs and/or {prompt, responses, ranking} rankings (a ranking of K gives its K(K-1)/2 pairs, as for `rlhfkit reward`).", required=True)
+    eval_data: str | None = opt(None, "Held-out preference JSONL (default: hold out eval_fraction of the prompts).")
+    eval_fraction: float = opt(0.1, "Fraction of the prompts held out (all pairs of a prompt on one side) when eval_data is not given.")
+    beta: float = opt(0.1, "beta: strength of the implicit KL constraint to the reference (the implicit reward is beta * log(pi/pi_ref)); smaller lets the policy move further.")
+    label_smoothing: float = opt(0.0, "Conservative DPO (cDPO): the assumed probability in [0, 0.5) that a preference label is flipped; the loss is its expectation under that noise.")
+    epochs: float = opt(1.0, "Passes over the training prompts.")
+    max_steps: int = opt(0, "Stop after this many optimiser steps (0: run the epochs).")
+    batch_size: int = opt(8, "Prompts per optimiser step; all pairs of a prompt stay in one batch, each distinct response runs once and each prompt weighs the same in the loss (as for the reward model).")
+    grad_accum: int = opt(1, "Gradient accumulation steps.")
+    lr: float = opt(1e-6, "Peak learning rate (AdamW); DPO wants a small one (TRL's default is 1e-6).")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    warmup_steps: int = opt(0, "Linear warmup steps.")
+    max_grad_norm: float = opt(1.0, "Gradient clipping (0: none).")
+    max_prompt_tokens: int = opt(256, "Prompts are cut to their last N tokens.")
+    max_completion_tokens: int = opt(128, "Responses are cut to N tokens, EOS included.")
+    eval_every: int = opt(10, "Held-out loss, accuracy and margins every N steps (0: only at the end, in eval.json).")
+    log_every: int = opt(1, "Log metrics every N steps.")
+
+
+@dataclass
 class PPOConfig(CommonConfig):
     model: str = opt("runs/sft", "Policy to start from; also the frozen reference of the KL penalty.")
     reward_model: str | None = opt(None, "Reward model folder (from `rlhfkit reward`).")

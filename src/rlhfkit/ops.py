@@ -574,15 +574,23 @@ def dpo_loss(
     ref_chosen_logp: torch.Tensor,
     ref_rejected_logp: torch.Tensor,
     beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Direct preference optimisation loss (Rafailov et al. 2023).
+    """Direct preference optimisation loss (Rafailov et al. 2023), with conservative label smoothing.
 
     All inputs: (B,) sequence log-probs (``sequence_logprobs``) of the chosen and the
     rejected response under the policy and the frozen reference.
+    label_smoothing: eps in [0, 0.5), the assumed probability that a label is flipped (cDPO,
+        Mitchell 2023): the loss is the expected one under that noise.
+    weight: None (every pair alike) or (B,) non-negative pair weights (``prompt_weights``).
     returns: ``(loss, chosen_rewards, rejected_rewards)``:
         ``chosen_rewards = beta * (pc - rc)``, ``rejected_rewards = beta * (pr - rr)``,
-        both (B,) and detached (they are logged, not optimised);
-        ``loss = mean(-logsigmoid(chosen_rewards - rejected_rewards))`` (0-d, with grad).
+        both (B,) and detached (they are logged, not optimised; the implicit reward margin is
+        their difference, the accuracy the share of positive margins);
+        with ``h = (pc - rc) - (pr - rr)``, per pair
+        ``(1 - eps) * -logsigmoid(beta * h) + eps * -logsigmoid(-beta * h)``, and
+        ``loss`` its mean (weighted by ``weight`` when given: sum(w * l) / sum(w)), 0-d, with grad.
     """
     _check_same_shape(
         "dpo_loss",
@@ -591,9 +599,19 @@ def dpo_loss(
         ref_chosen_logp=ref_chosen_logp,
         ref_rejected_logp=ref_rejected_logp,
     )
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"ops.dpo_loss: label_smoothing must be in [0, 0.5), got {label_smoothing}")
     chosen = beta * (policy_chosen_logp - ref_chosen_logp)
     rejected = beta * (policy_rejected_logp - ref_rejected_logp)
-    loss = -F.logsigmoid(chosen - rejected).mean()
+    logits = chosen - rejected
+    per_pair = -F.logsigmoid(logits)
+    if label_smoothing:
+        per_pair = (1.0 - label_smoothing) * per_pair + label_smoothing * -F.logsigmoid(-logits)
+    if weight is None:
+        loss = per_pair.mean()
+    else:
+        _check_same_shape("dpo_loss", policy_chosen_logp=policy_chosen_logp, weight=weight)
+        loss = (per_pair * weight).sum() / weight.sum()
     return loss, chosen.detach(), rejected.detach()
 
 

@@ -50,7 +50,7 @@ def _read_rows(path: Path) -> list[dict]:
 def method_models(ctx: Context) -> dict[str, Path | str]:
     c = ctx.cfg
     found: dict[str, Path | str] = {"initial": c.model}
-    for name, path in (("sft", ctx.run / "sft"), ("ppo", ctx.run / "ppo"),
+    for name, path in (("sft", ctx.run / "sft"), ("ppo", ctx.run / "ppo"), ("dpo", ctx.run / "dpo"),
                        ("expert_iteration", ctx.run / "expert_iteration" / f"round-{c.expert_iteration.rounds}")):
         if (path / "config.json").exists():
             found[name] = path

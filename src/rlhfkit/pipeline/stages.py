@@ -124,6 +124,13 @@ def unlabeled_prompts(ctx: Context) -> list[str]:
     return prompts
 
 
+def stage_dpo(ctx: Context) -> Path:
+    """DPO from the SFT model (also its reference) on the preference rankings the reward model learns from."""
+    from rlhfkit.train.dpo import train_dpo
+
+    return train_dpo(ctx.cfg.dpo, progress=ctx.progress)
+
+
 def stage_ppo(ctx: Context) -> Path:
     from rlhfkit.train.ppo import train_ppo
 
@@ -171,6 +178,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("sft", "rlhfkit.train.sft (rlhfkit sft) on the task's demonstrations", "sft/", stage_sft),
     Stage("preferences", "K samples per prompt from pref_sources, ranked by the task's judge with label noise", "prefs/", stage_preferences),
     Stage("reward", "rlhfkit.train.reward (rlhfkit reward) on the rankings, from the SFT model", "reward/", stage_reward),
+    Stage("dpo", "rlhfkit.train.dpo (rlhfkit dpo) from SFT on the rankings (off by default: name it in stages)", "dpo/", stage_dpo),
     Stage("ppo", "rlhfkit.train.ppo (rlhfkit ppo) from SFT against the reward model", "ppo/", stage_ppo),
     Stage("best_of_n", "rlhfkit.train.best_of_n (rlhfkit best-of-n) from SFT on eval prompts", "best_of_n/", stage_best_of_n),
     Stage("expert_iteration", "rlhfkit.train.expert_iteration (rlhfkit expert-iteration) from SFT", "expert_iteration/", stage_expert_iteration),
@@ -222,6 +230,10 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print) -> dict
             ev = json.loads((ctx.run / "reward" / "eval.json").read_text()).get("eval", {})
             if ev:
                 echo(f"   reward model held-out accuracy {ev['eval_accuracy']:.3f} on {ev['eval_pairs']} pairs")
+        if name == "dpo":
+            ev = json.loads((ctx.run / "dpo" / "eval.json").read_text()).get("eval", {})
+            if ev:
+                echo(f"   DPO held-out implicit-reward accuracy {ev['eval_accuracy']:.3f} on {ev['eval_pairs']} pairs")
     timings["total_this_call"] = round(time.perf_counter() - t_all, 1)
     timings_path.write_text(json.dumps(timings, indent=2) + "\n")
     return {"timings": timings, "winrates": result if names and names[-1] == "eval" else None, "config": asdict(cfg)}
