@@ -1,7 +1,9 @@
 """GRPO's math against naive float64 loops (group-normalised advantages, the clipped objective with the k3
 KL term, clipping's zero gradients), and the two named methods on the learnable toy of test_reinforce:
 the share of 'good' words rises with `rlhfkit grpo` and with `rlhfkit rloo`; a GRPO run resumed from a
-checkpoint reproduces the uninterrupted one; bad options stop with their names."""
+checkpoint reproduces the uninterrupted one; `--preset smoke` runs; bad options stop with their names;
+the pipeline's rloo and grpo stages are off by default and, when named, train from SFT against the run's
+reward model and get their rows in the evaluation."""
 
 from __future__ import annotations
 
@@ -242,6 +244,33 @@ def test_grpo_resume_reproduces_the_uninterrupted_run(tmp_path, good_bad_sft, pr
     assert (part / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
 
 
+REWARD_MODULE = """
+def good_fraction(prompts, responses):
+    return [sum(w == "good" for w in r.split()) / max(len(r.split()), 1) for r in responses]
+"""
+
+
+@pytest.mark.parametrize("command, banner", [("grpo", "GRPO policy written to"), ("rloo", "RLOO policy written to")])
+def test_cli_preset_smoke(tmp_path, monkeypatch, prompts, command, banner):
+    from rlhfkit.cli import app
+
+    (tmp_path / "grpo_test_reward.py").write_text(REWARD_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / command
+    args = [command, "--preset", "smoke", "--prompts", prompts, "--reward-fn", "grpo_test_reward:good_fraction",
+            "--out", out, "--steps", "2"]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert banner in result.output
+    rows = _metrics(out)
+    assert [r["step"] for r in rows] == [1, 2] and all(0 <= r["score"] <= 1 for r in rows)
+    help_text = CliRunner().invoke(app, [command, "--help"]).output
+    flags = ("--clip-eps", "--grpo-epochs", "--kl-coef", "--samples-per-prompt", "--loss-aggregation", "--scale-rewards") \
+        if command == "grpo" else ("--kl-coef", "--samples-per-prompt", "--kl-penalty", "--mle-coef")
+    for flag in flags + ("--preset",):
+        assert flag in help_text, flag
+
+
 @pytest.mark.parametrize("cls, kw, message", [
     (GRPOConfig, dict(samples_per_prompt=1), "--samples-per-prompt must be >= 2 for GRPO"),
     (GRPOConfig, dict(clip_eps=0.0), "--clip-eps must be in (0, 1)"),
@@ -264,3 +293,28 @@ def test_bad_options_stop_before_any_model_loads(tmp_path, prompts, cls, kw, mes
         train(cfg, progress=False)
     assert message in str(e.value)
 
+
+# ---- the pipeline's rloo and grpo stages ----------------------------------------------------------------
+
+
+def test_rloo_and_grpo_stages_are_off_by_default_and_evaluated_like_the_others(tmp_path):
+    import yaml
+
+    from rlhfkit.cli import app
+    from rlhfkit.pipeline.config import PipelineConfig
+
+    assert not {"rloo", "grpo"} & set(PipelineConfig().stages.split(","))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["demo", "--preset", "smoke", "--out", str(out),
+                                   "--set", "stages=sft,preferences,reward,rloo,grpo,eval"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    w = json.loads((out / "winrates.json").read_text())["methods"]
+    assert set(w) == {"initial", "sft", "rloo", "grpo"}
+    for m in ("rloo", "grpo"):
+        assert {"win_rate", "stderr", "gold_reward", "proxy_reward", "kl", "n"} <= set(w[m]) and w[m]["n"] == 12
+        assert len(_metrics(out / m)) == 2
+        cfg = yaml.safe_load((out / m / "config.yaml").read_text())
+        assert cfg["model"] == str(out / "sft") and cfg["reward_model"] == str(out / "reward")
+        assert cfg["prompts"] == str(out / "data" / "unlabeled.jsonl") and cfg["max_new_tokens"] == 8
+    md = (out / "report.md").read_text()
+    assert "RLOO" in md and "GRPO" in md

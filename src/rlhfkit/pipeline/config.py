@@ -26,7 +26,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from rlhfkit.config import BestOfNConfig, DPOConfig, ExpertIterationConfig, PPOConfig, RewardConfig, SFTConfig, opt
+from rlhfkit.config import (
+    BestOfNConfig, DPOConfig, ExpertIterationConfig, GRPOConfig, PPOConfig, RewardConfig, RLOOConfig, SFTConfig, opt,
+)
 
 SECTIONS: dict[str, type] = {
     "sft": SFTConfig,
@@ -35,6 +37,8 @@ SECTIONS: dict[str, type] = {
     "best_of_n": BestOfNConfig,
     "expert_iteration": ExpertIterationConfig,
     "dpo": DPOConfig,
+    "rloo": RLOOConfig,
+    "grpo": GRPOConfig,
 }
 
 # Where the pipeline's defaults differ from the commands', and why.
@@ -52,6 +56,10 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "expert_iteration": {},
     # not measured on SmolLM2 yet (the stage is off by default): ~18 steps of 8 prompts on the demo's rankings
     "dpo": dict(lr=5e-6),
+    # not measured on SmolLM2 yet (the stages are off by default): PPO's sample budget (10 batches of 32
+    # sequences, 8 prompts x K=4 here) and its missing-EOS rule
+    "rloo": dict(steps=10, batch_size=8, samples_per_prompt=4, missing_eos_penalty=0.5),
+    "grpo": dict(steps=10, batch_size=8, samples_per_prompt=4, missing_eos_penalty=0.5),
 }
 
 _RUN = ("out", "seed", "mixed_precision", "system_prompt", "chat_template")
@@ -75,6 +83,10 @@ WIRED: dict[str, dict[str, str]] = {
                          "prompts": "the task's unlabeled split"},
     "dpo": {**dict.fromkeys(_RUN + ("resume",), "the pipeline"), "model": "the pipeline (this run's SFT model, also DPO's reference)",
             "data": "the preference stage"},
+    **{m: {**dict.fromkeys(_RUN + ("resume",), "the pipeline"), "model": "the pipeline (this run's SFT model)",
+           **dict.fromkeys(("reward_model", "reward_fn", "reward_task"), "the pipeline (this run's reward model)"),
+           "prompts": "the task's unlabeled split", "max_new_tokens": "the top-level max_new_tokens",
+           "temperature": "the top-level temperature"} for m in ("rloo", "grpo")},
 }
 
 # the flat names of earlier versions -> where they live now (old configs and run folders still load, with a warning)
@@ -131,6 +143,8 @@ class PipelineConfig:
     best_of_n: BestOfNConfig = section("best_of_n", "Best-of-n from the SFT model (options of `rlhfkit best-of-n`).")
     expert_iteration: ExpertIterationConfig = section("expert_iteration", "Expert iteration from the SFT model (options of `rlhfkit expert-iteration`).")
     dpo: DPOConfig = section("dpo", "DPO from the SFT model on the preference rankings (options of `rlhfkit dpo`); runs only when `stages` names dpo.")
+    rloo: RLOOConfig = section("rloo", "RLOO from the SFT model against the reward model, as PPO (options of `rlhfkit rloo`); runs only when `stages` names rloo.")
+    grpo: GRPOConfig = section("grpo", "GRPO from the SFT model against the reward model, as PPO (options of `rlhfkit grpo`); runs only when `stages` names grpo.")
 
     def __post_init__(self):
         # a section given as a mapping (``PipelineConfig(ppo={"steps": 5})``): checked, over the pipeline's defaults
@@ -281,6 +295,10 @@ def wire(cfg: PipelineConfig, run: Path, mixed_precision: str) -> PipelineConfig
                                              out=str(run / "expert_iteration")),
         dpo=dataclasses.replace(cfg.dpo, **common, model=str(run / "sft"), data=str(run / "prefs" / "rankings.jsonl"),
                                 out=str(run / "dpo"), resume=None),
+        **{m: dataclasses.replace(getattr(cfg, m), **common, model=str(run / "sft"), reward_model=str(run / "reward"),
+                                  reward_fn=None, reward_task=None, prompts=str(run / "data" / "unlabeled.jsonl"),
+                                  out=str(run / m), resume=None, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+           for m in ("rloo", "grpo")},
     )
 
 
@@ -293,7 +311,7 @@ PRESETS = {
                   sft=dict(lr=1e-3), reward=dict(epochs=1.0, lr=1e-3),
                   ppo=dict(steps=2, batch_size=8, minibatch_size=4, lr=1e-3),
                   best_of_n=dict(n=4), expert_iteration=dict(rounds=2, prompts_per_round=8, n=2, lr=1e-3),
-                  dpo=dict(lr=1e-3, beta=0.5)),
+                  dpo=dict(lr=1e-3, beta=0.5), rloo=dict(steps=2, batch_size=4, lr=1e-3), grpo=dict(steps=2, batch_size=4, lr=1e-3)),
 }
 
 

@@ -51,6 +51,7 @@ def method_models(ctx: Context) -> dict[str, Path | str]:
     c = ctx.cfg
     found: dict[str, Path | str] = {"initial": c.model}
     for name, path in (("sft", ctx.run / "sft"), ("ppo", ctx.run / "ppo"), ("dpo", ctx.run / "dpo"),
+                       ("rloo", ctx.run / "rloo"), ("grpo", ctx.run / "grpo"),
                        ("expert_iteration", ctx.run / "expert_iteration" / f"round-{c.expert_iteration.rounds}")):
         if (path / "config.json").exists():
             found[name] = path

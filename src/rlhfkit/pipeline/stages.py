@@ -138,6 +138,22 @@ def stage_ppo(ctx: Context) -> Path:
     return train_ppo(ctx.cfg.ppo, gold_fn=ctx.gold if ctx.cfg.log_gold else None, progress=ctx.progress)
 
 
+def stage_rloo(ctx: Context) -> Path:
+    """RLOO from the SFT model against this run's reward model on the unlabeled prompts, as PPO."""
+    from rlhfkit.train.rloo import train_rloo
+
+    unlabeled_prompts(ctx)
+    return train_rloo(ctx.cfg.rloo, progress=ctx.progress)
+
+
+def stage_grpo(ctx: Context) -> Path:
+    """GRPO from the SFT model against this run's reward model on the unlabeled prompts, as PPO."""
+    from rlhfkit.train.grpo import train_grpo
+
+    unlabeled_prompts(ctx)
+    return train_grpo(ctx.cfg.grpo, progress=ctx.progress)
+
+
 def stage_best_of_n(ctx: Context) -> Path:
     """Best-of-n from the SFT model on the first ``bon_prompts`` eval prompts (the evaluation judges them)."""
     from rlhfkit.models import load_frozen_lm, load_tokenizer
@@ -180,6 +196,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("reward", "rlhfkit.train.reward (rlhfkit reward) on the rankings, from the SFT model", "reward/", stage_reward),
     Stage("dpo", "rlhfkit.train.dpo (rlhfkit dpo) from SFT on the rankings (off by default: name it in stages)", "dpo/", stage_dpo),
     Stage("ppo", "rlhfkit.train.ppo (rlhfkit ppo) from SFT against the reward model", "ppo/", stage_ppo),
+    Stage("rloo", "rlhfkit.train.rloo (rlhfkit rloo) from SFT against the reward model (off by default: name it in stages)", "rloo/", stage_rloo),
+    Stage("grpo", "rlhfkit.train.grpo (rlhfkit grpo) from SFT against the reward model (off by default: name it in stages)", "grpo/", stage_grpo),
     Stage("best_of_n", "rlhfkit.train.best_of_n (rlhfkit best-of-n) from SFT on eval prompts", "best_of_n/", stage_best_of_n),
     Stage("expert_iteration", "rlhfkit.train.expert_iteration (rlhfkit expert-iteration) from SFT", "expert_iteration/", stage_expert_iteration),
     Stage("eval", "rlhfkit.pipeline.evaluate: win-rate against the initial model, judged by the task's judge",
