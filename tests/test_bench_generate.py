@@ -34,3 +34,12 @@ def test_scaling_bench_prints_a_cell_per_grid_point(tmp_path):
     assert [(r["sequences"], r["new_tokens"]) for r in rows] == [(4, 3), (8, 3)]
     assert all(r["s_per_step"] > 0 and 1 <= r["mean_length"] <= 3 for r in rows)
     assert (tmp_path / "s.png").stat().st_size > 0 and (tmp_path / "s.json").exists()
+
+
+def test_engine_parts_bench_prints_each_part(capsys):
+    spec = importlib.util.spec_from_file_location("bench_engine_parts", BENCH.parent / "engine_parts.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--model", "tiny", "--rows", "3"])
+    out = capsys.readouterr().out
+    assert "oneDNN packed" in out and "sampling step" in out and "decode step, 3 rows" in out

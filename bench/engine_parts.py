@@ -1,0 +1,113 @@
+"""The parts of the sampling engine (rlhfkit/engine.py) measured one by one, with the CPU named.
+
+    .venv/bin/python bench/engine_parts.py [--rows 32] [--model smollm2-135m]
+
+1. GEMM at M = rows on SmolLM2-135M's shapes (30 layers' worth of distinct weights, so they stream from memory
+   as in a decode step): torch's F.linear (MKL, packs the weight on every call) against oneDNN with the weight
+   packed once (what the engine does);
+2. one sampling step over (rows, vocabulary) logits: the previous sampler (log_softmax, float64 cumsum of the whole
+   vocabulary) against the current one (fused softmax, two-level inverse CDF);
+3. one decode step of the model at a ~100-token cache: transformers' forward with its DynamicCache against the
+   engine's step. Run it once with OMP_WAIT_POLICY=PASSIVE in the environment to see what that setting costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+
+def timed(f, reps: int = 20) -> float:
+    for _ in range(3):
+        f()
+    t = time.perf_counter()
+    for _ in range(reps):
+        f()
+    return (time.perf_counter() - t) / reps
+
+
+def old_sampler(logits: torch.Tensor, generator) -> torch.Tensor:
+    """The sampler before the engine: log_softmax, exp, float64 cumsum over the whole vocabulary."""
+    logp = torch.log_softmax(logits, -1)
+    cdf = logp.exp().double().cumsum(-1)
+    u = torch.rand((logits.shape[0], 1), generator=generator, dtype=torch.float64) * cdf[:, -1:]
+    tok = torch.searchsorted(cdf, u).squeeze(-1)
+    return logp.gather(-1, tok[:, None]).squeeze(-1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=32)
+    ap.add_argument("--model", default="smollm2-135m")
+    args = ap.parse_args(argv)
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_generate", Path(__file__).with_name("generate.py"))
+    sibling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sibling)
+    cpu_words = sibling.cpu_words
+
+    from rlhfkit.cli_options import quiet_libraries
+
+    quiet_libraries()
+    from rlhfkit import engine
+    from rlhfkit.forward import encode_prompts, prefill_distinct
+    from rlhfkit.models import load_causal_lm, load_tokenizer
+    from rlhfkit.rollout import GenerationConfig, _sample_token
+    from rlhfkit.tasks import load_task
+
+    M = args.rows
+    print(f"{cpu_words()}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; fp32; M = {M} rows")
+    tok, lm = load_tokenizer(args.model), load_causal_lm(args.model, trainable=False)
+    c = lm.config
+    d, inter, kv = c.hidden_size, c.intermediate_size, c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
+    print("1. GEMM (30 distinct weights each; the LM head once): F.linear vs oneDNN packed once")
+    for name, (n_in, n_out, count) in {"q+k+v fused": (d, d + 2 * kv, 30), "o_proj": (d, d, 30),
+                                       "gate+up fused": (d, 2 * inter, 30), "down_proj": (inter, d, 30),
+                                       "lm_head": (d, c.vocab_size, 1)}.items():
+        ws = [torch.randn(n_out, n_in) * 0.02 for _ in range(count)]
+        x = torch.randn(M, n_in)
+        packed = [engine._pack(w) for w in ws]
+        t_lin = timed(lambda: [torch.nn.functional.linear(x, w) for w in ws], 10)
+        t_pk = timed(lambda: [engine._linear(x, p) for p in packed], 10)
+        flops = 2 * M * n_in * n_out * count
+        print(f"   {name:14s} {n_in}x{n_out}: F.linear {t_lin * 1e3:7.2f} ms ({flops / t_lin / 1e9:5.0f} GFLOP/s)   "
+              f"oneDNN packed {t_pk * 1e3:7.2f} ms ({flops / t_pk / 1e9:5.0f} GFLOP/s)")
+    logits = torch.randn(M, c.vocab_size) * 3
+    g = torch.Generator().manual_seed(0)
+    t_old = timed(lambda: old_sampler(logits, g))
+    t_new = timed(lambda: _sample_token(logits, GenerationConfig(), g))
+    print(f"2. sampling step over ({M}, {c.vocab_size}): previous {t_old * 1e3:.1f} ms, now {t_new * 1e3:.1f} ms")
+    task = load_task("movie_reviews")
+    prompts = [task.format_prompt(p) for p in task.prompts("eval")][:M]
+    ids, mask = encode_prompts(tok, prompts, "You are a helpful assistant.")
+    with torch.no_grad():
+        cache, logits = prefill_distinct(lm, ids, mask.long(), logits_to_keep=1)
+        attn, pos, nxt = mask.long(), mask.sum(1), logits[:, -1].argmax(-1)
+        hf = []
+        for _ in range(12):
+            attn = torch.cat([attn, attn.new_ones((M, 1))], 1)
+            t = time.perf_counter()
+            out = lm(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos[:, None], past_key_values=cache,
+                     use_cache=True)
+            hf.append(time.perf_counter() - t)
+            cache, pos, nxt = out.past_key_values, pos + 1, out.logits[:, -1].argmax(-1)
+        dec = engine.EngineDecoder(lm, 16)
+        nxt = dec.prefill(ids, mask).argmax(-1)
+        ours = []
+        for _ in range(12):
+            t = time.perf_counter()
+            nxt = dec.step(nxt).argmax(-1)
+            ours.append(time.perf_counter() - t)
+    hf_s, our_s = sum(hf[2:]) / 10, sum(ours[2:]) / 10
+    print(f"3. decode step, {M} rows, prompt width {ids.shape[1]}: transformers {hf_s * 1e3:.0f} ms, "
+          f"engine {our_s * 1e3:.0f} ms ({hf_s / our_s:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
