@@ -16,13 +16,9 @@ from rlhfkit import ops
 from rlhfkit.cli import app
 from rlhfkit.config import DPOConfig
 from rlhfkit.data import DataError
+from toy import write_jsonl
 
 F64 = torch.float64
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 # ---- the loss against a naive loop ----------------------------------------------------------------------

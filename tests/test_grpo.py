@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,8 @@ import torch
 from click.testing import CliRunner
 
 from rlhfkit import ops
-from rlhfkit.config import GRPOConfig, RLOOConfig, SFTConfig
+from rlhfkit.config import GRPOConfig, RLOOConfig
+from toy import good_fraction, write_jsonl
 
 F64 = torch.float64
 
@@ -145,35 +145,9 @@ def test_grpo_loss_refuses_bad_shapes_and_aggregations():
 
 # ---- the methods on the learnable toy -----------------------------------------------------------------------
 
-WORDS = ["good", "bad"]
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def good_fraction(prompts, responses):
-    """The learnable toy reward: the share of words that are 'good'."""
-    return torch.tensor([sum(w == "good" for w in r.split()) / max(len(r.split()), 1) for r in responses])
-
-
 @pytest.fixture(scope="module")
-def good_bad_sft(tmp_path_factory):
-    """The tiny model taught to write random strings of 'good' and 'bad' (about half of each)."""
-    from rlhfkit.train.sft import train_sft
-
-    d = tmp_path_factory.mktemp("grpo_sft")
-    rng = random.Random(0)
-    rows = [{"prompt": f"Say words {i}.", "completion": " ".join(rng.choice(WORDS) for _ in range(8))} for i in range(64)]
-    data = write_jsonl(d / "sft.jsonl", rows)
-    return train_sft(SFTConfig(model="tiny", data=str(data), out=str(d / "run"), max_steps=40, batch_size=16, lr=1e-2),
-                     progress=False)
-
-
-@pytest.fixture(scope="module")
-def prompts(tmp_path_factory) -> Path:
-    return write_jsonl(tmp_path_factory.mktemp("grpo_prompts") / "prompts.jsonl", [{"prompt": f"Say words {i}."} for i in range(64)])
+def prompts(prompts_file) -> Path:
+    return prompts_file
 
 
 def _cfg(cls, model, prompts, out, **kw):

@@ -13,18 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlhfkit.config import PPOConfig, SFTConfig
-
-WORDS = ["good", "bad"]
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def good_fraction(prompts, responses):
-    return torch.tensor([sum(w == "good" for w in r.split()) / max(len(r.split()), 1) for r in responses])
-
+from toy import WORDS, good_fraction, write_jsonl
 
 @pytest.fixture(scope="module")
 def sft_runs(tmp_path_factory):

@@ -6,7 +6,6 @@ serves as the reward; bad options stop with a message naming them before any mod
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -15,19 +14,7 @@ from click.testing import CliRunner
 
 from rlhfkit import ops
 from rlhfkit.config import ReinforceConfig, SFTConfig
-
-WORDS = ["good", "bad"]
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def good_fraction(prompts, responses):
-    """The learnable toy reward: the share of words that are 'good'."""
-    return torch.tensor([sum(w == "good" for w in r.split()) / max(len(r.split()), 1) for r in responses])
-
+from toy import good_fraction, write_jsonl
 
 def good_fraction_plus_10(prompts, responses):
     """The same reward with a large common offset: what a baseline removes."""
@@ -35,21 +22,8 @@ def good_fraction_plus_10(prompts, responses):
 
 
 @pytest.fixture(scope="module")
-def good_bad_sft(tmp_path_factory):
-    """The tiny model taught to write random strings of 'good' and 'bad' (about half of each)."""
-    from rlhfkit.train.sft import train_sft
-
-    d = tmp_path_factory.mktemp("rf_sft")
-    rng = random.Random(0)
-    rows = [{"prompt": f"Say words {i}.", "completion": " ".join(rng.choice(WORDS) for _ in range(8))} for i in range(64)]
-    data = write_jsonl(d / "sft.jsonl", rows)
-    return train_sft(SFTConfig(model="tiny", data=str(data), out=str(d / "run"), max_steps=40, batch_size=16, lr=1e-2),
-                     progress=False)
-
-
-@pytest.fixture(scope="module")
-def prompts(tmp_path_factory) -> Path:
-    return write_jsonl(tmp_path_factory.mktemp("rf_prompts") / "prompts.jsonl", [{"prompt": f"Say words {i}."} for i in range(64)])
+def prompts(prompts_file) -> Path:
+    return prompts_file
 
 
 def _cfg(model, prompts, out, **kw) -> ReinforceConfig:

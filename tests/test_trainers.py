@@ -6,21 +6,13 @@ from __future__ import annotations
 
 import json
 import random
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from rlhfkit.config import PPOConfig, RewardConfig, SFTConfig
 from rlhfkit.data import DataError
-
-WORDS = ["good", "bad"]
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+from toy import WORDS, write_jsonl
 
 
 def good_fraction(prompts, responses):
