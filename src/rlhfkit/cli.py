@@ -8,6 +8,7 @@ import click
 from rlhfkit import config as C
 from rlhfkit.cli_options import config_command, quiet_libraries, run_reporting_errors
 from rlhfkit.experiments.overopt import command as overopt_command
+from rlhfkit.loop.config import LoopConfig
 
 
 def _sft(cfg):
@@ -67,6 +68,24 @@ def _grpo(cfg):
     click.echo(f"GRPO policy written to {train_grpo(cfg)}")
 
 
+def _loop(cfg):
+    import sys
+
+    from rlhfkit.loop.collect import LabelTimeout
+    from rlhfkit.loop.run import run_loop
+
+    try:
+        res = run_loop(cfg, echo=click.echo)
+    except LabelTimeout as e:  # a clean stop: the rounds so far are on disk, the state says "timed_out"
+        click.echo(f"stopped: {e}", err=True)
+        sys.exit(3)
+    click.echo(f"rounds written to {cfg.out}/rounds.jsonl, figure {cfg.out}/loop.png")
+    if res["baseline"] is not None:
+        last, b = res["rounds"][-1], res["baseline"]
+        click.echo(f"{cfg.rounds} rounds vs one round with the same budget: gold {last['gold']:+.3f} vs {b['gold']:+.3f}, "
+                   f"KL {last['kl']:.2f} vs {b['kl']:.2f}")
+
+
 def _best_of_n(cfg):
     import json
 
@@ -109,6 +128,10 @@ app.add_command(config_command(C.BestOfNConfig, _best_of_n, "best-of-n",
                                "Sample n responses per prompt and keep the one the reward scores highest (no training)."))
 app.add_command(config_command(C.ExpertIterationConfig, _expert_iteration, "expert-iteration",
                                "Best-of-n on fresh prompts, SFT on the winners, repeated for a number of rounds."))
+app.add_command(config_command(LoopConfig, _loop, "loop",
+                               "Iterated RLHF: each round ranks samples of the current policy (simulated judge, or people "
+                               "in the feedback app with --feedback-db), retrains the reward model from SFT on old + new "
+                               "preferences and trains the policy against it; rounds.jsonl and loop.png per round."))
 app.add_command(overopt_command())
 
 

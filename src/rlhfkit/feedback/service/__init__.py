@@ -13,7 +13,8 @@ know which module holds what. Every function that writes opens exactly one trans
 * ``assignment``  per-annotator shuffles, batch allocation, the next task;
 * ``labels``      answer validation and storage (the stored payload shapes are described there);
 * ``onboarding``  gold questions and the onboarding attempt;
-* ``chat_jobs``   an annotator's own prompts and the model workers' jobs.
+* ``chat_jobs``   an annotator's own prompts and the model workers' jobs;
+* ``loop``        an iterated-RLHF loop's round tasks, labels and live state (``rlhfkit loop``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .labels import (
     submit_label,
     validate_payload,
 )
+from .loop import LOOP_STATE_KEY, add_round_tasks, get_loop_state, labels_in, round_preferences, set_loop_state
 from .onboarding import (
     OnboardingState,
     finish_onboarding,
@@ -55,4 +57,5 @@ __all__ = [
     "heartbeat", "mark_started", "next_assignment", "next_onboarding", "onboarding_state",
     "parse_import_lines", "payload_from_form", "progress", "request_samples", "secret_key",
     "set_password", "set_settings", "skip_task", "start_onboarding", "submit_label", "validate_payload",
+    "LOOP_STATE_KEY", "add_round_tasks", "get_loop_state", "labels_in", "round_preferences", "set_loop_state",
 ]
