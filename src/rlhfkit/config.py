@@ -60,6 +60,12 @@ class SFTConfig(CommonConfig):
 
 @dataclass
 class RewardConfig(CommonConfig):
+    # `rlhfkit reward --preset smoke`: the tiny model, a few short steps (data still given)
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": dict(model="tiny", out="runs/reward_smoke", mixed_precision="no", max_steps=6, batch_size=4, lr=1e-3,
+                      max_prompt_tokens=48, max_completion_tokens=16),
+    }
+
     model: str = opt("runs/sft", "Backbone to start from (an SFT checkpoint by default) or a reward model to continue.")
     data: str = opt("", "Preference JSONL: {prompt, chosen, rejected[, margin]} pairs and/or {prompt, responses, ranking} rankings.", required=True)
     eval_data: str | None = opt(None, "Held-out preference JSONL (default: hold out eval_fraction of the prompts).")
@@ -78,6 +84,10 @@ class RewardConfig(CommonConfig):
     max_prompt_tokens: int = opt(256, "Prompts are cut to their last N tokens (saved with the model; scoring uses it).")
     max_completion_tokens: int = opt(128, "Responses are cut to N tokens, EOS included (saved with the model; scoring uses it).")
     log_every: int = opt(1, "Log metrics every N steps.")
+    ensemble: int = opt(1, "K > 1: train K reward models (member-0 .. member-K-1 and ensemble.json in out), each on its own bootstrap resample and data order, one held-out split; --reward-model OUT then scores with their mean (less --reward-std-penalty times their std).")
+    bootstrap: bool = opt(True, "With ensemble K > 1: each member trains on a bootstrap resample of the training prompts (as many, drawn with replacement); off: the members differ only in data order.")
+    eval_samples: str | None = opt(None, "JSONL of policy samples, {prompt, responses: [...]} (or {prompt, response} lines grouped by prompt): their pairs, labelled by eval_gold, give the accuracy on policy samples in eval.json.")
+    eval_gold: str | None = opt(None, "The gold reward that labels eval_samples' pairs: 'module:function' or 'TASK:METRIC'.")
 
 
 @dataclass
@@ -113,7 +123,8 @@ class DPOConfig(CommonConfig):
 @dataclass
 class PPOConfig(CommonConfig):
     model: str = opt("runs/sft", "Policy to start from; also the frozen reference of the KL penalty.")
-    reward_model: str | None = opt(None, "Reward model folder (from `rlhfkit reward`).")
+    reward_model: str | None = opt(None, "Reward model folder (from `rlhfkit reward`; an ensemble folder from `rlhfkit reward --ensemble K` scores with its members' mean).")
+    reward_std_penalty: float = opt(0.0, "lambda of the conservative ensemble reward mean - lambda * std over the members of an ensemble --reward-model (Coste et al. 2023; 0: the mean).")
     reward_fn: str | None = opt(None, "Instead of a reward model: 'module:function' taking (prompts, responses) -> scores.")
     prompts: str = opt("", "Prompts JSONL ({prompt} as a string or a list of messages, or {messages} per line).", required=True)
     steps: int = opt(20, "PPO iterations (sample, score, update).")
@@ -155,7 +166,8 @@ class PolicyGradientConfig(CommonConfig):
     method's (inside the reward for REINFORCE/RLOO, inside the loss for GRPO)."""
 
     model: str = opt("runs/sft", "Policy to start from; also the frozen reference of the KL penalty.")
-    reward_model: str | None = opt(None, "Reward model folder (from `rlhfkit reward`).")
+    reward_model: str | None = opt(None, "Reward model folder (from `rlhfkit reward`; an ensemble folder from `rlhfkit reward --ensemble K` scores with its members' mean).")
+    reward_std_penalty: float = opt(0.0, "lambda of the conservative ensemble reward mean - lambda * std over the members of an ensemble --reward-model (Coste et al. 2023; 0: the mean).")
     reward_fn: str | None = opt(None, "Instead of a reward model: 'module:function' taking (prompts, responses) -> scores.")
     reward_task: str | None = opt(None, "Instead: 'TASK:METRIC', a task's reward function (rlhfkit.tasks.load_task(TASK).reward_functions[METRIC]).")
     prompts: str = opt("", "Prompts JSONL ({prompt} as a string or a list of messages, or {messages} per line).", required=True)
@@ -225,7 +237,8 @@ class GRPOConfig(PolicyGradientConfig):
 @dataclass
 class BestOfNConfig(RunConfig):
     model: str = opt("runs/sft", "Policy to sample the candidates from.")
-    reward_model: str | None = opt(None, "Reward model folder (from `rlhfkit reward`) that picks the best candidate.")
+    reward_model: str | None = opt(None, "Reward model folder (from `rlhfkit reward`) that picks the best candidate (an ensemble folder: its members' mean).")
+    reward_std_penalty: float = opt(0.0, "lambda of the conservative ensemble reward mean - lambda * std over the members of an ensemble --reward-model (Coste et al. 2023; 0: the mean).")
     reward_fn: str | None = opt(None, "Instead of a reward model: 'module:function' taking (prompts, responses) -> scores.")
     prompts: str = opt("", "Prompts JSONL ({prompt} as a string or a list of messages, or {messages} per line).", required=True)
     n: int = opt(16, "Candidates sampled per prompt; the one the reward scores highest is kept (KL to the sampler: log n - (n-1)/n).")
