@@ -25,8 +25,14 @@ def _reward(cfg):
     out = train_reward(cfg)
     ev = json.loads((out / "eval.json").read_text())
     if ev.get("eval"):
-        click.echo(f"held-out pairwise accuracy {ev['eval']['eval_accuracy']:.3f} on {ev['eval']['eval_pairs']} pairs")
-    click.echo(f"reward model written to {out}")
+        members = ev["eval"].get("member_accuracy")
+        click.echo(f"held-out pairwise accuracy {ev['eval']['eval_accuracy']:.3f} on {ev['eval']['eval_pairs']} pairs"
+                   + (f" (the ensemble's mean score; members {', '.join(f'{a:.3f}' for a in members)})" if members else ""))
+    if ev.get("policy_samples"):
+        ps = ev["policy_samples"]
+        click.echo(f"accuracy on policy samples (gold-labelled pairs) {ps['accuracy']:.3f} on {ps['pairs']} pairs"
+                   + (f" (members {', '.join(f'{a:.3f}' for a in ps['members'])})" if ps.get("members") else ""))
+    click.echo(f"reward {'ensemble' if cfg.ensemble > 1 else 'model'} written to {out}")
 
 
 def _dpo(cfg):
@@ -133,6 +139,36 @@ app.add_command(config_command(LoopConfig, _loop, "loop",
                                "in the feedback app with --feedback-db), retrains the reward model from SFT on old + new "
                                "preferences and trains the policy against it; rounds.jsonl and loop.png per round."))
 app.add_command(overopt_command())
+
+
+@app.command("reward-eval")
+@click.option("--reward-model", required=True, help="A reward model folder, or an ensemble folder (`rlhfkit reward --ensemble K`).")
+@click.option("--data", default=None, help="Preference JSONL (pairs and/or rankings) to measure accuracy on, e.g. held-out pairs.")
+@click.option("--samples", default=None, help="Policy samples JSONL, {prompt, responses: [...]} or {prompt, response} lines: every pair of a prompt's samples is labelled by --gold.")
+@click.option("--gold", default=None, help="The gold reward that labels the samples' pairs: 'TASK:METRIC' or 'module:function'.")
+@click.option("--reward-std-penalty", type=float, default=0.0, show_default=True, help="An ensemble's lambda: the score is mean - lambda * std over its members.")
+@click.option("--out", default=None, help="Also write the figures to this JSON file.")
+def reward_eval_cmd(reward_model, data, samples, gold, reward_std_penalty, out):
+    """Pairwise accuracy of a reward model or ensemble (per member and of the ensemble) on preference pairs
+    and on pairs of policy samples labelled by a gold reward (the distribution shift PPO brings)."""
+    quiet_libraries()
+
+    def run():
+        import json
+        from pathlib import Path
+
+        from rlhfkit.train.reward_ensemble import describe, reward_eval
+
+        res = reward_eval(reward_model, data, samples, gold, reward_std_penalty)
+        for key, name in (("pairs", "preference pairs"), ("policy_samples", "policy samples (gold-labelled)")):
+            if key in res:
+                click.echo(describe(name, res[key]))
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(res, indent=2) + "\n")
+
+    run_reporting_errors(run)
+
 
 
 @app.command("generate")

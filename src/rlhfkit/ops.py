@@ -58,6 +58,8 @@ __all__ = [
     "pg_grad_variance",
     "grpo_advantages",
     "grpo_loss",
+    "ensemble_reward",
+    "pair_disagreement",
 ]
 
 KL_KINDS = ("k1", "k2", "k3")
@@ -566,6 +568,41 @@ def prompt_weights(group: torch.Tensor, dtype: torch.dtype = torch.float32) -> t
     are one batch element, which keeps a prompt with many comparisons from dominating)."""
     _, inverse, counts = torch.unique(group, return_inverse=True, return_counts=True)
     return 1.0 / counts[inverse].to(dtype)
+
+
+def ensemble_reward(scores: torch.Tensor, std_penalty: float = 0.0) -> torch.Tensor:
+    """The score of a reward-model ensemble: the members' mean, less ``std_penalty`` times their spread
+    (the "conservative reward" of Coste et al. 2023: where the members disagree the proxy is least to be
+    trusted, so the policy gains nothing there).
+
+    scores: (B, K) the K members' scores of B responses (K >= 1; each member normalised alike).
+    std_penalty: lambda >= 0 (0: the plain mean).
+    returns: (B,) ``mean_k s[b,k] - lambda * sqrt(mean_k (s[b,k] - mean_b)**2)``: the population std over
+        members (1/K, as Coste et al.'s variance), so one member has spread 0 and scores as itself.
+    """
+    if scores.dim() != 2 or scores.shape[1] < 1:
+        raise ValueError(f"ops.ensemble_reward: scores must be (B, K) with K >= 1, got {tuple(scores.shape)}")
+    if std_penalty < 0:
+        raise ValueError(f"ops.ensemble_reward: std_penalty must be >= 0, got {std_penalty}")
+    x = scores.to(_compute_dtype(scores.dtype))
+    mean = x.mean(1)
+    out = mean if std_penalty == 0 else mean - std_penalty * x.std(1, correction=0)
+    return out.to(scores.dtype)
+
+
+def pair_disagreement(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """How much an ensemble disagrees about which of two responses is better: the population std over
+    members of the score difference (what active learning asks people about first).
+
+    first, second: (N, K) the K members' scores of the two responses of N pairs.
+    returns: (N,) ``sqrt(mean_k (d[n,k] - mean_k d[n,k])**2)`` with ``d = first - second`` (symmetric in the
+        two; 0 when every member sees the same gap, however large).
+    """
+    _check_same_shape("pair_disagreement", first=first, second=second)
+    if first.dim() != 2:
+        raise ValueError(f"ops.pair_disagreement: scores must be (N, K), got {tuple(first.shape)}")
+    dtype = _compute_dtype(first.dtype)
+    return (first.to(dtype) - second.to(dtype)).std(1, correction=0).to(first.dtype)
 
 
 def dpo_loss(

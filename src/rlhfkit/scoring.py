@@ -100,6 +100,74 @@ class RewardScorer:
         return scores - self.rm.reference_mean if self.center else scores
 
 
+ENSEMBLE_FILE = "ensemble.json"
+
+
+def is_ensemble(path) -> bool:
+    """Whether ``path`` is a reward-model ensemble folder (``rlhfkit reward --ensemble K``)."""
+    from pathlib import Path
+
+    return (Path(path) / ENSEMBLE_FILE).is_file()
+
+
+class EnsembleScorer:
+    """K reward models as one reward: ``(prompts, responses) -> (B,)`` the members' mean less
+    ``std_penalty`` times their std (``ops.ensemble_reward``; Coste et al. 2023's conservative reward).
+
+    Every member is normalised alike (its reference responses score std 1; centred, mean 0), so their
+    scores, and their spread, are on one scale. ``member_scores`` gives the (B, K) matrix behind the
+    score (disagreement, per-member accuracy); ``rm`` holds the members as one module, so the trainers
+    that move a reward model to the sampling device move all of them."""
+
+    def __init__(self, members: list[RewardScorer], std_penalty: float = 0.0, names: list[str] | None = None):
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        if std_penalty < 0:
+            raise ValueError(f"reward_std_penalty must be >= 0, got {std_penalty}")
+        self.members, self.std_penalty = members, float(std_penalty)
+        self.names = names or [f"member-{k}" for k in range(len(members))]
+        self.rm = torch.nn.ModuleList([m.rm for m in members])
+
+    @classmethod
+    def load(cls, path, batch_size: int = 32, bf16: bool = False, device=None, center: bool = False,
+             std_penalty: float = 0.0) -> "EnsembleScorer":
+        """The ensemble saved at ``path``: ensemble.json lists the member folders."""
+        import json
+        from pathlib import Path
+
+        spec_file = Path(path) / ENSEMBLE_FILE
+        try:
+            names = json.loads(spec_file.read_text())["members"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{spec_file}: expected a JSON object with a \"members\" list of folders ({e})") from None
+        if not isinstance(names, list) or not names:
+            raise ValueError(f'{spec_file}: "members" must be a non-empty list of folders')
+        members = [RewardScorer.load(Path(path) / n, batch_size, bf16, device, center) for n in names]
+        return cls(members, std_penalty, names)
+
+    @torch.no_grad()
+    def member_scores(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        """(B, K): each member's score of each response."""
+        return torch.stack([m(prompts, responses) for m in self.members], 1)
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        from rlhfkit import ops
+
+        return ops.ensemble_reward(self.member_scores(prompts, responses), self.std_penalty)
+
+
+def load_reward_model(path, batch_size: int = 32, bf16: bool = False, device=None, center: bool = False,
+                      std_penalty: float = 0.0) -> "RewardScorer | EnsembleScorer":
+    """A reward-model folder as a scorer: an ensemble folder as an ``EnsembleScorer`` (``std_penalty``: its
+    lambda), a single reward model as a ``RewardScorer`` (``std_penalty`` must then be 0)."""
+    if is_ensemble(path):
+        return EnsembleScorer.load(path, batch_size, bf16, device, center, std_penalty)
+    if std_penalty:
+        raise ValueError(f"reward_std_penalty {std_penalty} needs an ensemble of reward models, and {path} is a single "
+                         f"one (no {ENSEMBLE_FILE}): train one with `rlhfkit reward --ensemble K`")
+    return RewardScorer.load(path, batch_size, bf16, device, center)
+
+
 def load_task_reward(spec: str) -> RewardFn:
     """'TASK:METRIC' -> ``rlhfkit.tasks.load_task(TASK).reward_functions[METRIC]``."""
     from rlhfkit.tasks import load_task
@@ -117,12 +185,14 @@ def load_reward(cfg, device: torch.device | str | None = "cpu") -> RewardFn:
     """The reward a method's config names: ``cfg.reward_fn`` ('module:function'), ``cfg.reward_task``
     ('TASK:METRIC', where the config has one) or ``cfg.reward_model`` (a folder from ``rlhfkit reward``,
     scored with its saved system prompt and token limits, centred so that its reference responses score
-    mean 0, in bf16 when ``cfg.mixed_precision`` is bf16)."""
+    mean 0, in bf16 when ``cfg.mixed_precision`` is bf16; an ensemble folder scores with its members' mean
+    less ``cfg.reward_std_penalty`` times their std)."""
     if getattr(cfg, "reward_task", None):
         return load_task_reward(cfg.reward_task)
     if cfg.reward_fn:
         return load_reward_fn(cfg.reward_fn)
     if cfg.reward_model:
-        return RewardScorer.load(cfg.reward_model, batch_size=cfg.reward_batch_size, center=True,
-                                 bf16=cfg.mixed_precision == "bf16", device=device)
+        return load_reward_model(cfg.reward_model, batch_size=cfg.reward_batch_size, center=True,
+                                 bf16=cfg.mixed_precision == "bf16", device=device,
+                                 std_penalty=getattr(cfg, "reward_std_penalty", 0.0) or 0.0)
     raise ValueError("a reward is needed: --reward-model DIR or --reward-fn module:function")

@@ -81,7 +81,8 @@ def sample(ctx: Context, model_path, prompts: list[str], n: int, temperature: fl
 
 def reward_scorer(ctx: Context):
     """The reward model as the pipeline uses it: its saved system prompt and token limits, and centred
-    (SFT samples score mean 0), so the reported proxy reads as "better or worse than SFT"."""
-    from rlhfkit.scoring import RewardScorer
+    (SFT samples score mean 0), so the reported proxy reads as "better or worse than SFT"; an ensemble
+    (reward.ensemble K > 1) scores with its members' mean."""
+    from rlhfkit.scoring import load_reward_model
 
-    return RewardScorer.load(ctx.run / "reward", batch_size=64, bf16=ctx.cfg.bf16, center=True)
+    return load_reward_model(ctx.run / "reward", batch_size=64, bf16=ctx.cfg.bf16, center=True)

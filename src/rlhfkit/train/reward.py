@@ -108,7 +108,19 @@ def freeze_lower_layers(rm: RewardModel, train_top_layers: int) -> None:
     head.requires_grad_(True)
 
 
-def train_reward(cfg: RewardConfig, progress: bool = True) -> Path:
+def bootstrap_groups(groups: list, seed: int) -> list:
+    """A bootstrap resample of the prompt groups: as many, drawn with replacement (a prompt drawn twice is
+    two batch elements and weighs twice; about 37% are left out), the unit of the split and the loss alike."""
+    g = torch.Generator().manual_seed(seed)
+    return [groups[i] for i in torch.randint(len(groups), (len(groups),), generator=g).tolist()]
+
+
+def member_seed(seed: int, member: int) -> int:
+    """Seed of ensemble member ``member``'s bootstrap and data order (the held-out split keeps ``seed``)."""
+    return seed + 104729 * (member + 1)
+
+
+def train_reward(cfg: RewardConfig, progress: bool = True, member: int | None = None) -> Path:
     """Train a reward model (``RewardModel``: ``cfg.model`` with a scalar head) by Bradley-Terry on the
     preferences in ``cfg.data`` (pairs or K-way rankings; see ``load_preferences``), then normalise it so
     that the reference responses (``cfg.reference``, else every response of the data) score std 1.
@@ -121,6 +133,10 @@ def train_reward(cfg: RewardConfig, progress: bool = True) -> Path:
             ``cfg.resume`` continues a run from its last checkpoint, reproducing the uninterrupted run.
         progress: show a progress bar.
 
+    With ``cfg.ensemble`` K > 1, trains K such models into ``cfg.out`` (``train_reward_ensemble``);
+    ``member`` is then each one's index: it seeds the member's bootstrap resample (``cfg.bootstrap``) and
+    data order, while the held-out split stays the same for all.
+
     Returns the run directory, which ``RewardScorer.load`` (and ``--reward-model``) loads.
 
     Example::
@@ -128,7 +144,15 @@ def train_reward(cfg: RewardConfig, progress: bool = True) -> Path:
         out = train_reward(RewardConfig(model="runs/sft", data="prefs.jsonl", out="runs/rm", epochs=2))
         scores = RewardScorer.load(out, center=True)(["Review a film."], ["A warm, funny film."])
     """
-    run = TrainingRun(cfg, "reward model", cfg.grad_accum, progress)
+    if cfg.ensemble < 1:
+        raise ValueError(f"ensemble: the number of reward models must be at least 1, got {cfg.ensemble}")
+    if cfg.ensemble > 1 and member is None:
+        from rlhfkit.train.reward_ensemble import train_reward_ensemble
+
+        return train_reward_ensemble(cfg, progress)
+    if bool(cfg.eval_samples) != bool(cfg.eval_gold):
+        raise ValueError("eval_samples and eval_gold go together: policy samples and the gold reward that labels their pairs")
+    run = TrainingRun(cfg, "reward model" if member is None else f"reward model {member + 1}/{cfg.ensemble}", cfg.grad_accum, progress)
     accelerator = run.accelerator
     pairs = load_preferences(cfg.data, cfg.chat_template)  # malformed lines stop here, before any model is loaded
     groups = group_pairs(pairs)
@@ -136,6 +160,9 @@ def train_reward(cfg: RewardConfig, progress: bool = True) -> Path:
         train_groups, eval_groups = groups, group_pairs(load_preferences(cfg.eval_data, cfg.chat_template))
     else:
         train_groups, eval_groups = split_groups(groups, cfg.eval_fraction, cfg.seed)
+    order_seed = cfg.seed if member is None else member_seed(cfg.seed, member)
+    if member is not None and cfg.bootstrap:
+        train_groups = bootstrap_groups(train_groups, order_seed)
     tokenizer = load_tokenizer(cfg.model)
     rm = RewardModel.from_pretrained(run.resume_from / "model" if run.resume_from else cfg.model)
     rm.set_scoring(cfg.system_prompt, cfg.max_prompt_tokens, cfg.max_completion_tokens, getattr(cfg, "chat_template", "auto"))
@@ -146,10 +173,11 @@ def train_reward(cfg: RewardConfig, progress: bool = True) -> Path:
                                          head_lr=cfg.lr * cfg.head_lr_scale)
     rm, optimizer, scheduler = accelerator.prepare(rm, optimizer, scheduler)
     inner = accelerator.unwrap_model(rm)
-    batches = Batches(len(train_groups), cfg.batch_size, cfg.seed)
+    batches = Batches(len(train_groups), cfg.batch_size, order_seed)
     step = run.track(optimizer, scheduler, batches, save=lambda ckpt: inner.save_pretrained(ckpt / "model", tokenizer))
     with run.loop(total, model=cfg.model, data=cfg.data, pairs=len(pairs), groups=len(groups),
-                  train_groups=len(train_groups), eval_groups=len(eval_groups)):
+                  train_groups=len(train_groups), eval_groups=len(eval_groups),
+                  **({} if member is None else {"member": member, "bootstrap": cfg.bootstrap, "order_seed": order_seed})):
         while step < total:
             timer = Timer()
             losses, accs = [], []
@@ -186,6 +214,11 @@ def train_reward(cfg: RewardConfig, progress: bool = True) -> Path:
     final = {"eval": evaluate(inner, tokenizer, eval_groups, cfg, accelerator.device) if eval_groups else {},
              "normalization": {"raw_mean": raw.mean().item(), "raw_std": raw.std().item() if len(raw) > 1 else 1.0,
                                "reference_mean": inner.reference_mean, "n": len(ref), "reference": cfg.reference or "data"}}
+    if cfg.eval_samples and member is None:  # an ensemble labels its policy samples once, for every member
+        from rlhfkit.train.reward_ensemble import policy_sample_accuracy
+
+        final["policy_samples"] = policy_sample_accuracy(RewardScorer(inner, tokenizer, cfg, batch_size=32, center=True),
+                                                         cfg.eval_samples, cfg.eval_gold)
 
     def save_final(out: Path) -> None:
         inner.save_pretrained(out, tokenizer)
