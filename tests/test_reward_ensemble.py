@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from rlhfkit import ops
+from rlhfkit.data import read_jsonl
 from toy import WORDS, write_jsonl
 
 # ----------------------------------------------------------------------------------------------- the math
@@ -189,3 +190,31 @@ def test_reward_eval_command_and_disagreement_on_the_trained_ensemble(ensemble, 
     order, values = rank_by_disagreement(load_reward_model(out, device="cpu", center=True), [p for p, _ in rows], [r for _, r in rows])
     assert sorted(order) == list(range(len(rows))) and all(v >= 0 for v in values)
     assert [values[i] for i in order] == sorted(values, reverse=True) and max(values) > 0
+
+
+def test_overopt_conservative_proxy_trains_the_runs_ensemble_once(toy_files):
+    """`rlhfkit overopt --proxy conservative`: K reward models trained as the run's reward/ is (its section,
+    normalised on its SFT samples) into RUN/reward_ensemble, reused while K is the same."""
+    from types import SimpleNamespace
+
+    from rlhfkit.config import RewardConfig
+    from rlhfkit.experiments.overopt import PROXIES, proxy_reward
+    from rlhfkit.scoring import EnsembleScorer
+
+    d, prefs, _ = toy_files
+    rankings = write_jsonl(d / "rankings.jsonl", [{"prompt": r["prompt"], "responses": [r["chosen"], r["rejected"]], "ranking": [0, 1],
+                                                   "sources": ["sft", "sft"]} for _, r in read_jsonl(prefs)])
+    section = RewardConfig(model="tiny", data=str(rankings), reference=str(d / "run" / "reward_reference.jsonl"),
+                           mixed_precision="no", max_steps=3, batch_size=4, lr=1e-3, max_prompt_tokens=48, max_completion_tokens=16)
+    ctx = SimpleNamespace(run=d / "run", cfg=SimpleNamespace(reward=section, bf16=False), progress=False)
+    proxy = proxy_reward(ctx, "conservative", ensemble=2, std_penalty=0.5)
+    assert "conservative" in PROXIES and isinstance(proxy, EnsembleScorer) and proxy.std_penalty == 0.5
+    spec = d / "run" / "reward_ensemble" / "ensemble.json"
+    assert json.loads(spec.read_text())["k"] == 2 and (d / "run" / "reward_reference.jsonl").exists()
+    before = spec.stat().st_mtime_ns
+    again = proxy_reward(ctx, "conservative", ensemble=2, std_penalty=0.5)
+    assert spec.stat().st_mtime_ns == before  # not retrained
+    scores = again(["Say words 1."] * 2, ["good good", "bad bad"])
+    torch.testing.assert_close(scores, proxy(["Say words 1."] * 2, ["good good", "bad bad"]))
+    with pytest.raises(ValueError, match="at least 2"):
+        proxy_reward(ctx, "conservative", ensemble=1)

@@ -51,7 +51,9 @@ class OverOptConfig:
     eval_every: int = opt(4, "Measure the PPO policy on the eval prompts after every N iterations (and before the first, and after the last).")
     rl_samples: int = opt(2, "Answers per eval prompt at each RL point.")
     rl_lr: float = opt(0.0, "PPO learning rate of the RL runs (0: the run's ppo.lr).")
-    proxy: str = opt("reward", "The proxy reward that picks best-of-n's candidate and that PPO optimises: 'reward' (the run's reward model, centred). The place for a conservative reward-model ensemble (mean - lambda * std) as another choice (see PROXIES).")
+    proxy: str = opt("reward", "The proxy reward that picks best-of-n's candidate and that PPO optimises: 'reward' (the run's reward model, centred) or 'conservative' (an ensemble of `ensemble` reward models trained as reward/ is, in RUN/reward_ensemble: mean - std_penalty * std over the members, Coste et al. 2023).")
+    ensemble: int = opt(3, "proxy conservative: K, the reward models of the ensemble (RUN/reward_ensemble, trained when missing or of another K).")
+    std_penalty: float = opt(1.0, "proxy conservative: lambda of mean - lambda * std over the ensemble's members.")
     seed: int = opt(0, "Seed of the sampling streams and the PPO runs (0: the run's seed).")
 
 
@@ -63,16 +65,41 @@ PRESETS = {
     "smoke": dict(run="runs/smoke", pipeline_preset="smoke", prompts=4, max_n=8, rl_steps=2, eval_every=1, rl_samples=1),
 }
 
-# name -> what it is; ``proxy_reward`` builds it. A conservative ensemble reward (Coste et al. 2023) is another entry.
-PROXIES = {"reward": "the run's reward model (reward/), centred so that SFT samples score mean 0"}
+# name -> what it is; ``proxy_reward`` builds it
+PROXIES = {"reward": "the run's reward model (reward/), centred so that SFT samples score mean 0",
+           "conservative": "an ensemble of K reward models trained as reward/ is (RUN/reward_ensemble), each centred; "
+                           "mean - lambda * std over the members (Coste et al. 2023)"}
 
 
-def proxy_reward(ctx, name: str):
-    """The proxy reward ``name`` of the run in ``ctx``: a ``(prompts, responses) -> (B,) scores`` callable."""
+def ensemble_dir(ctx, k: int) -> Path:
+    """RUN/reward_ensemble: ``k`` reward models trained on the run's preferences with its reward section's
+    settings and normalisation (its SFT samples), as reward/ is; trained when missing or of another K."""
+    from rlhfkit.pipeline.stages import sft_reference
+    from rlhfkit.train.reward import train_reward
+
+    d = ctx.run / "reward_ensemble"
+    spec = d / "ensemble.json"
+    if not spec.exists() or json.loads(spec.read_text()).get("k") != k:
+        rc = ctx.cfg.reward
+        reference = sft_reference(Path(rc.data), Path(rc.reference)) if rc.reference else None
+        train_reward(dataclasses.replace(rc, reference=reference, out=str(d), ensemble=k, resume=None), progress=ctx.progress)
+    return d
+
+
+def proxy_reward(ctx, name: str, ensemble: int = 3, std_penalty: float = 1.0):
+    """The proxy reward ``name`` of the run in ``ctx``: a ``(prompts, responses) -> (B,) scores`` callable
+    (``ensemble`` and ``std_penalty``: K and lambda of the conservative proxy)."""
     from rlhfkit.pipeline.context import reward_scorer
 
     if name == "reward":
         return reward_scorer(ctx)
+    if name == "conservative":
+        from rlhfkit.scoring import load_reward_model
+
+        if ensemble < 2:
+            raise ValueError(f"ensemble: the conservative proxy needs at least 2 reward models, got {ensemble}")
+        return load_reward_model(ensemble_dir(ctx, ensemble), batch_size=64, bf16=ctx.cfg.bf16, center=True,
+                                 std_penalty=std_penalty)
     raise ValueError(f"proxy: unknown proxy reward {name!r}; available: {', '.join(PROXIES)}")
 
 
@@ -179,7 +206,7 @@ def run_overopt(cfg: OverOptConfig, progress: bool = True, echo=print) -> dict:
     c, run = ctx.cfg, ctx.run
     out = Path(cfg.out) if cfg.out else run / "overopt"
     out.mkdir(parents=True, exist_ok=True)
-    proxy = proxy_reward(ctx, cfg.proxy)
+    proxy = proxy_reward(ctx, cfg.proxy, cfg.ensemble, cfg.std_penalty)
     prompts = ctx.frame(ctx.split("eval", cfg.prompts))
     P, N = len(prompts), cfg.max_n
     sft_path = run / "sft"
