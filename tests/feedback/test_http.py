@@ -19,14 +19,15 @@ from .conftest import PAIRWISE_TASK, PASSWORD, RANKING_TASK, RATING_TASK, Client
 GET_ROUTES = [
     "/", "/tasks", "/next", "/api/next", "/tasks/{tid}", "/api/tasks/{tid}", "/tasks/{tid}/gold", "/onboarding", "/me",
     "/chat", "/chat/{tid}", "/admin", "/admin/dashboard.json", "/admin/tasks", "/admin/users", "/admin/export",
-    "/openapi.json", "/docs",
+    "/openapi.json", "/docs", "/admin/loop", "/admin/loop.json",
 ]
 POST_ROUTES = [
     "/logout", "/tasks/{tid}", "/tasks/{tid}/skip", "/onboarding/start", "/chat", "/admin/settings", "/admin/import",
     "/admin/sample", "/admin/users",
 ]
 PUBLIC = {("GET", "/login"), ("POST", "/login")}
-ADMIN_ONLY_GET = ["/admin", "/admin/dashboard.json", "/admin/tasks", "/admin/users", "/admin/export", "/openapi.json", "/docs"]
+ADMIN_ONLY_GET = ["/admin", "/admin/dashboard.json", "/admin/tasks", "/admin/users", "/admin/export", "/openapi.json", "/docs",
+                  "/admin/loop", "/admin/loop.json"]
 ADMIN_ONLY_POST = ["/admin/settings", "/admin/import", "/admin/sample", "/admin/users"]
 
 

@@ -27,7 +27,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from . import service as svc
 from .db import DEFAULT_DB_URL, make_engine, migrate
-from .routes import admin, annotate, auth, chat
+from .routes import admin, annotate, auth, chat, loop
 from .routes.deps import CSRFError, LoginRequired, csrf_guard, current_user, render, wants_json
 
 HERE = Path(__file__).resolve().parent
@@ -74,6 +74,6 @@ def create_app(db_url: str = DEFAULT_DB_URL, *, secret_key: str | None = None, r
     app.state.templates.env.globals.update(flags=svc.FLAGS)
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(svc.FeedbackError, _feedback_error)
-    for module in (auth, annotate, chat, admin):  # the order routes were declared in
+    for module in (auth, annotate, chat, admin, loop):  # the order routes were declared in
         app.include_router(module.router)
     return app

@@ -22,7 +22,7 @@ class LoopConfig:
 
     out: str = opt("runs/loop", "Run directory: sft/ (unless --sft), round-N/ (rankings, reward model, policy), rounds.jsonl, loop.png, loop_state.json.")
     pipeline_config: str = opt("", "Pipeline YAML (`rlhfkit pipeline`'s: model, task, flip_prob, pref_k and the method sections sft/reward/ppo/rloo/grpo); empty: the bundled demo config.")
-    pipeline_preset: str = opt("demo", "Pipeline preset over that config (demo, smoke).")
+    pipeline_preset: str = opt("demo", "Pipeline preset over that config (demo, smoke; empty: none, the config as it is).")
     task: str = opt("", "Task (bundled name or folder) instead of the pipeline config's.")
     sft: str = opt("", "SFT model to start from (a folder); empty: the pipeline's sft stage trains one into OUT/sft.")
     rounds: int = opt(3, "Rounds: each collects preferences on the current policy's samples, retrains the reward model from SFT on the mix, then trains the policy against it.")

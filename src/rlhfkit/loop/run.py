@@ -66,7 +66,8 @@ def pipeline_config(cfg: LoopConfig):
     from rlhfkit.pipeline.config import bundled_config_path, load_pipeline_config, preset_overrides
 
     over = {"out": cfg.out, **({"task": cfg.task} if cfg.task else {}), **({"seed": cfg.seed} if cfg.seed else {})}
-    return load_pipeline_config(cfg.pipeline_config or bundled_config_path(), preset_overrides(cfg.pipeline_preset), over)
+    preset = preset_overrides(cfg.pipeline_preset) if cfg.pipeline_preset else {}
+    return load_pipeline_config(cfg.pipeline_config or bundled_config_path(), preset, over)
 
 
 def block(rows: list, start: int, n: int) -> list:
