@@ -77,3 +77,99 @@ def test_two_rounds_with_the_simulated_judge(tmp_path, good_bad_sft):
     assert (out / "loop.png").stat().st_size > 0
     state = json.loads((out / "loop_state.json").read_text())
     assert state["status"] == "done" and state["round"] == 2 and len(state["curves"]) == 3
+
+
+def _annotator(engine, name="ann"):
+    from argon2 import PasswordHasher
+    from feedback.conftest import PASSWORD
+
+    from rlhfkit.feedback import service as svc
+    from rlhfkit.feedback.db import User, utcnow, write_session
+
+    u = svc.create_user(engine, name, "annotator", PASSWORD, hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+    with write_session(engine) as s, s.begin():
+        s.get(User, u.id).onboarded_at = utcnow()
+    return u
+
+
+def _label_in_background(engine, user, stop: threading.Event) -> threading.Thread:
+    """A person in the app: takes the next task through the service layer and ranks it by the share of 'good'."""
+    from sqlalchemy.orm import Session
+
+    from rlhfkit.feedback import service as svc
+    from rlhfkit.feedback.db import Task
+
+    def work():
+        while not stop.is_set():
+            a = svc.next_assignment(engine, user)
+            if a is None:
+                time.sleep(0.05)
+                continue
+            with Session(engine) as s:
+                task = s.get(Task, a.task_id)
+                good = {r.id: sum(w == "good" for w in r.text.split()) / max(len(r.text.split()), 1) for r in task.responses}
+            tiers = [[rid] for rid in sorted(good, key=lambda i: -good[i])]
+            svc.submit_label(engine, user, a.task_id, {"tiers": tiers})
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    return t
+
+
+def _app_cfg(tmp_path, sft, db, **kw):
+    (tmp_path / "cheap").mkdir()
+    cheap = toy_pipeline(tmp_path / "cheap", reward={"max_steps": 2, "lr": 1e-3, "batch_size": 4, "eval_fraction": 0.0},
+                         rloo={"steps": 1, "batch_size": 4, "samples_per_prompt": 2, "lr": 1e-3})
+    return loop_cfg(tmp_path, sft, pipeline_config=str(cheap), rounds=1, prefs_per_round=4, eval_prompts=2, eval_samples=2,
+                    feedback_db=db, poll=0.05, **kw)
+
+
+def test_app_mode_creates_tasks_and_goes_on_when_the_labels_are_in(tmp_path, good_bad_sft):
+    from rlhfkit.feedback import service as svc
+    from rlhfkit.feedback.app import create_app
+    from rlhfkit.loop import run_loop
+
+    db = f"sqlite:///{tmp_path / 'feedback.db'}"
+    app = create_app(db)
+    engine = app.state.engine
+    user, stop = _annotator(engine), threading.Event()
+    worker = _label_in_background(engine, user, stop)
+    try:
+        res = run_loop(_app_cfg(tmp_path, good_bad_sft, db, timeout=120.0), progress=False, echo=print)
+    finally:
+        stop.set()
+        worker.join(5)
+    new = [json.loads(l) for l in (tmp_path / "loop" / "round-1" / "new_preferences.jsonl").read_text().splitlines()]
+    assert new and all(r["annotator"] == "ann" and r["round"] == 1 for r in new)  # people's pairs, not the panel's
+    assert res["rounds"][1]["new_preferences"] == len(new)
+    state = svc.get_loop_state(engine)
+    assert state["status"] == "done" and state["round"] == 1 and len(state["curves"]) == 2
+    assert state["labels"] == "feedback app"
+    # the admin page shows the loop's state, to admins only
+    from feedback.conftest import Client, add_user
+
+    add_user(engine, "boss", "admin")
+    admin = Client(app, "boss")
+    page = admin.get("/admin/loop")
+    assert page.status_code == 200 and 'http-equiv="refresh"' in page.text
+    assert 'id="loop-round">1 / 1<' in page.text and 'id="loop-status">done<' in page.text and "<polyline" in page.text
+    assert admin.get("/admin/loop.json").json()["state"]["curves"][1]["gold"] == pytest.approx(res["rounds"][1]["gold"])
+    assert Client(app, "ann").get("/admin/loop.json").status_code == 403
+    app.state.engine.dispose()
+
+
+def test_app_mode_times_out_cleanly(tmp_path, good_bad_sft):
+    from rlhfkit.feedback import service as svc
+    from rlhfkit.feedback.db import make_engine
+    from rlhfkit.loop import run_loop
+    from rlhfkit.loop.collect import LabelTimeout
+
+    db = f"sqlite:///{tmp_path / 'feedback.db'}"
+    with pytest.raises(LabelTimeout, match=r"round 1: 0 of 4 labels came in within --timeout 0.2 s"):
+        run_loop(_app_cfg(tmp_path, good_bad_sft, db, timeout=0.2), progress=False, echo=print)
+    engine = make_engine(db)
+    state = svc.get_loop_state(engine)
+    assert state["status"] == "timed_out" and state["labels_in"] == 0 and state["labels_needed"] == 4
+    assert json.loads((tmp_path / "loop" / "loop_state.json").read_text())["status"] == "timed_out"
+    assert not (tmp_path / "loop" / "round-1" / "reward").exists()  # nothing trained on missing labels
+    engine.dispose()

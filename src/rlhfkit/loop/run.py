@@ -90,23 +90,15 @@ def load_scorer(path: Path, bf16: bool):
     return load(path, batch_size=64, bf16=bf16, center=True)
 
 
-def disagreement(scorer, prompts: list[str], groups: list[list[str]]) -> np.ndarray:
-    """(G,) the ensemble's disagreement on each group: the mean over its pairs of ``ops.pair_disagreement``
-    (the spread over members of the score gap). The hook for active learning: it needs an ensemble reward
-    model (``member_scores``) and ``ops.pair_disagreement``."""
-    import torch
+def by_disagreement(scorer, prompts: list[str], groups: list[list[str]]) -> list[int]:
+    """Group indices, the ones the reward-model ensemble disagrees on most first
+    (``train.reward_ensemble.rank_by_disagreement``: the mean over a group's pairs of ``ops.pair_disagreement``)."""
+    from rlhfkit.train.reward_ensemble import rank_by_disagreement
 
-    from rlhfkit import ops
-
-    if not hasattr(scorer, "member_scores") or not hasattr(ops, "pair_disagreement"):
-        raise ValueError("active_learning needs a reward-model ensemble (set reward.ensemble >= 2 in the pipeline config; "
-                         "`rlhfkit reward --ensemble K`)")
-    k = len(groups[0])
-    s = scorer.member_scores([p for p, g in zip(prompts, groups) for _ in g], [r for g in groups for r in g])
-    s = s.view(len(groups), k, -1)
-    a, b = torch.triu_indices(k, k, 1)
-    d = ops.pair_disagreement(s[:, a].flatten(0, 1), s[:, b].flatten(0, 1)).view(len(groups), -1)
-    return d.mean(1).double().numpy()
+    try:
+        return rank_by_disagreement(scorer, prompts, groups)[0]
+    except ValueError as e:
+        raise ValueError(f"active_learning: {e} (in the pipeline config: reward: {{ensemble: 3}})") from None
 
 
 def train_policy(ctx, method: str, init: str, reward_dir: Path, out: Path, steps_scale: int, progress: bool) -> Path:
@@ -298,7 +290,7 @@ def _post(cfg: LoopConfig, ctx, sampler: Sampler, collector, r: int, policy: Pat
     prompts, groups = sampler(policy, (r - 1) * n, n, stream_seed(c.seed, f"loop:candidates:{r}"),
                               f"loop: round {r} candidates, {sampler.k} per prompt", lm=lm)
     if al:
-        order = np.argsort(-disagreement(scorer, prompts, groups), kind="stable")[: cfg.prefs_per_round]
+        order = by_disagreement(scorer, prompts, groups)[: cfg.prefs_per_round]
         prompts, groups = [prompts[i] for i in order], [groups[i] for i in order]
     source = "sft" if r == 1 else f"policy_round{r - 1}"
     return collector.post(r, prompts, groups, [[source] * len(g) for g in groups])
