@@ -25,7 +25,18 @@ def make_accelerator(cfg, grad_accum: int = 1):
     if getattr(cfg, "threads", 0):
         torch.set_num_threads(cfg.threads)
     resolve_config_precision(cfg)
-    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=grad_accum)
+    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=grad_accum, cpu=_cpu_processes())
+
+
+def _cpu_processes() -> bool:
+    """Several processes (torchrun, ``accelerate launch --multi_gpu``) on a machine without an accelerator:
+    accelerate joins them into one gloo group only when told the run is on the CPU (``accelerate launch
+    --cpu`` would tell it, but starts a single process unless mpirun is set up)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    return not (torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available())
 
 
 def resolve_config_precision(cfg) -> str:

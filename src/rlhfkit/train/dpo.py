@@ -23,7 +23,7 @@ from rlhfkit.config import DPOConfig
 from rlhfkit.data import Preference, SFTExample, load_preferences
 from rlhfkit.forward import autocast_context, forward_response, prompt_format
 from rlhfkit.models import is_peft, load_causal_lm, load_tokenizer
-from rlhfkit.train.common import Batches, Timer, make_optimizer, save_model
+from rlhfkit.train.common import Timer, make_optimizer, save_model
 from rlhfkit.train.reward import group_pairs, split_groups
 from rlhfkit.train.run import TrainingRun, total_steps
 from rlhfkit.train.sft import encode_sft_batch
@@ -178,11 +178,11 @@ def train_dpo(cfg: DPOConfig, progress: bool = True) -> Path:
         ref = reference_logps(ref_model, tokenizer, keys, cfg, accelerator.device, bf16)
         del ref_model
     model.train()
-    total = total_steps(cfg, len(train_groups))
+    total = total_steps(cfg, len(train_groups), run.processes)
     optimizer, scheduler = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     inner = accelerator.unwrap_model(model)
-    batches = Batches(len(train_groups), cfg.batch_size, cfg.seed)
+    batches = run.batches(len(train_groups), cfg.batch_size)
     step = run.track(optimizer, scheduler, batches,
                      save=lambda ckpt: save_model(accelerator, model, tokenizer, ckpt / "model", merge=False))
     with run.loop(total, model=cfg.model, data=cfg.data, pairs=len(pairs), identical_pairs_dropped=dropped,
@@ -192,17 +192,23 @@ def train_dpo(cfg: DPOConfig, progress: bool = True) -> Path:
             timer = Timer()
             parts: list[tuple[float, dict]] = []
             for _ in range(cfg.grad_accum):
-                chunk = [train_groups[i] for i in batches.next()]
+                idx, real = run.share(batches.next())
+                chunk = [train_groups[i] for i in idx]
                 # 2.-3. the policy's log-probs of the batch's responses, the DPO loss, one step
                 with accelerator.accumulate(model), timer("update"):
                     loss, stats = batch_loss(model, tokenizer, chunk, ref, cfg, accelerator.device)
-                    accelerator.backward(loss)
+                    # each prompt of the global batch weighs the same, however they fall on processes
+                    n = len(chunk) if real else 0
+                    accelerator.backward(loss * run.share_weight(n))
                     if cfg.max_grad_norm and accelerator.sync_gradients:
                         stats["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
-                parts.append((loss.item(), stats))
+                # the loss per prompt, the rest per pair, over the global batch (grad_norm is global already)
+                pair_stats = {k: v for k, v in stats.items() if k not in ("pairs", "grad_norm")}
+                stats.update(run.weighted_mean(pair_stats, stats["pairs"] if real else 0))
+                parts.append((run.weighted_mean({"loss": loss.item()}, n)["loss"], stats))
             step += 1
             metrics = {"loss": sum(l for l, _ in parts) / len(parts)}
             for k in ("accuracy", "reward_margin", "reward_chosen", "reward_rejected", "logp_margin", "grad_norm"):

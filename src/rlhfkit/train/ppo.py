@@ -29,7 +29,7 @@ from rlhfkit.forward import autocast_context, forward_response, prompt_format
 from rlhfkit.models import PolicyWithValue, is_peft, load_causal_lm, load_tokenizer
 from rlhfkit.rollout import GenerationConfig, Rollout, generate
 from rlhfkit.scoring import RewardFn, as_scores, load_reward
-from rlhfkit.train.common import Batches, Timer, make_optimizer, resolve_config_precision, save_model
+from rlhfkit.train.common import Timer, make_optimizer, resolve_config_precision, save_model
 from rlhfkit.train.run import TrainingRun
 from rlhfkit.train.sft import encode_sft_batch
 
@@ -109,11 +109,16 @@ class PPOTrainer:
         if isinstance(getattr(reward_fn, "rm", None), torch.nn.Module):  # a RewardScorer: score where we sample
             reward_fn.rm.to(self.accelerator.device)
         self.kl_ctl = KLController(cfg.init_kl_coef, cfg.adaptive_kl, cfg.kl_target, cfg.kl_horizon)
-        # each process samples its own share of a batch
-        self.batches = Batches(len(prompts), cfg.batch_size, cfg.seed, drop_last=len(prompts) >= cfg.batch_size)
+        # each process samples its own share of a batch: batch_size prompts of batch_size * processes; the
+        # shares must be equal, or the processes would take different numbers of minibatch steps
+        P = self.run.processes
+        if P > 1 and len(prompts) < cfg.batch_size * P:
+            raise ValueError(f"{cfg.prompts}: {len(prompts)} prompts, fewer than batch_size {cfg.batch_size} x "
+                             f"{P} processes")
+        self.batches = self.run.batches(len(prompts), cfg.batch_size, drop_last=len(prompts) >= cfg.batch_size * P)
         self.generator = torch.Generator().manual_seed(cfg.seed + 7919 * self.accelerator.process_index)
         # its own order of the reference pairs: with ptx off nothing here draws a random number
-        self.ptx_batches = Batches(len(self.ptx), cfg.ptx_batch_size, cfg.seed + 1) if self.ptx else None
+        self.ptx_batches = self.run.batches(len(self.ptx), cfg.ptx_batch_size, cfg.seed + 1) if self.ptx else None
         self.gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                         batch_size=cfg.batch_size, system_prompt=cfg.system_prompt,
                                         chat_template=cfg.chat_template)
@@ -174,8 +179,7 @@ class PPOTrainer:
         with ``"over_kl_budget": True`` (and no update made) when the batch's KL passed ``cfg.max_kl``."""
         cfg, acc = self.cfg, self.accelerator
         timer = Timer()
-        idx = self.batches.next()
-        idx = idx[acc.process_index :: acc.num_processes]
+        idx, _ = self.run.share(self.batches.next())
         prompts = [self.prompts[i] for i in idx]
         # 1. sample
         with timer("time_generate"):
@@ -210,10 +214,11 @@ class PPOTrainer:
         advantages = ops.masked_whiten(advantages, mask) * mask
         # 4. K epochs of minibatch updates (keeping pi_old's weights when a KL budget may call it back)
         if cfg.max_kl:
-            self._snapshot_policy(kl_k1)
+            self._snapshot_policy(measured["kl_k1"])
         with timer("time_update"):
             stats = self.update(ro, old_logp, old_values, advantages, returns)
-        self.kl_ctl.update(kl_k1, len(prompts) * acc.num_processes)
+        # the KL of the whole batch (reduced over processes), so that every process keeps the same beta
+        self.kl_ctl.update(measured["kl_k1"], len(prompts) * acc.num_processes)
         self.step_count += 1
         n_tokens = int(mask.sum())
         metrics = {
@@ -249,6 +254,8 @@ class PPOTrainer:
                     log_ratio = (logp - old_logp[j]) * m
                     # k3 estimate of KL(pi_old || pi): unbiased and never negative (Schulman, "Approximating KL")
                     approx_kl = ops.masked_mean(torch.exp(log_ratio) - 1 - log_ratio, m).item()
+                    if acc.num_processes > 1:  # one decision for all: a process that stopped alone would hang DDP
+                        approx_kl = self.run.weighted_mean({"kl": approx_kl}, float(m.sum()))["kl"]
                 # early stop per minibatch, before stepping on it (the N+ details; Stable-Baselines3): checked
                 # only at epoch ends it never acts with one PPO epoch. The first minibatch always updates
                 # (pi == pi_old there, approx KL 0).
@@ -294,7 +301,7 @@ class PPOTrainer:
         cfg = self.cfg
         enc = SimpleNamespace(system_prompt=cfg.system_prompt, chat_template=cfg.chat_template,
                               max_prompt_tokens=SFTConfig.max_prompt_tokens, max_completion_tokens=SFTConfig.max_completion_tokens)
-        batch = encode_sft_batch(self.tokenizer, [self.ptx[i] for i in self.ptx_batches.next()], enc, self.accelerator.device)
+        batch = encode_sft_batch(self.tokenizer, [self.ptx[i] for i in self.run.share(self.ptx_batches.next())[0]], enc, self.accelerator.device)
         logp = forward_response(self.policy, *batch[:4], with_values=True)["logprobs"].float()
         return ops.mle_loss(logp, batch[4], "token")
 

@@ -26,7 +26,7 @@ from rlhfkit.forward import autocast_context, forward_response, prompt_format
 from rlhfkit.models import is_peft, load_causal_lm, load_tokenizer
 from rlhfkit.rollout import GenerationConfig, Rollout, generate
 from rlhfkit.scoring import RewardFn, as_scores, load_reward
-from rlhfkit.train.common import Batches, Timer, make_optimizer, resolve_config_precision, save_model
+from rlhfkit.train.common import Timer, make_optimizer, resolve_config_precision, save_model
 from rlhfkit.train.run import TrainingRun
 from rlhfkit.train.sft import encode_sft_batch
 
@@ -128,8 +128,13 @@ class ReinforceTrainer:
             self.ref.to(acc.device)
         if isinstance(getattr(reward_fn, "rm", None), torch.nn.Module):  # a RewardScorer: score where we sample
             reward_fn.rm.to(acc.device)
-        self.batches = Batches(len(prompts), cfg.batch_size, cfg.seed, drop_last=len(prompts) >= cfg.batch_size)
-        self.mle_batches = Batches(len(self.mle_examples), cfg.mle_batch_size, cfg.seed + 1) if self.mle_examples else None
+        # each process samples its own share of a batch (batch_size prompts of batch_size * processes); the
+        # shares must be equal, or the processes would take different numbers of minibatch steps
+        P = self.run.processes
+        if P > 1 and len(prompts) < cfg.batch_size * P:
+            raise ValueError(f"{cfg.prompts}: {len(prompts)} prompts, fewer than batch_size {cfg.batch_size} x {P} processes")
+        self.batches = self.run.batches(len(prompts), cfg.batch_size, drop_last=len(prompts) >= cfg.batch_size * P)
+        self.mle_batches = self.run.batches(len(self.mle_examples), cfg.mle_batch_size, cfg.seed + 1) if self.mle_examples else None
         self.generator = torch.Generator().manual_seed(cfg.seed + 7919 * acc.process_index)
         self.gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                         batch_size=cfg.batch_size * cfg.samples_per_prompt,
@@ -234,7 +239,7 @@ class ReinforceTrainer:
         """-mean log p(y*|x) (sequence sums) on the next ``cfg.mle_batch_size`` reference pairs: the MLE
         term, with gradient when ``cfg.mle_coef`` > 0 (with alpha 0 the pairs' likelihood is only measured)."""
         cfg = self.cfg
-        examples = [self.mle_examples[i] for i in self.mle_batches.next()]
+        examples = [self.mle_examples[i] for i in self.run.share(self.mle_batches.next())[0]]
         batch = encode_sft_batch(self.tokenizer, examples, cfg, self.accelerator.device)
         with torch.set_grad_enabled(cfg.mle_coef > 0):
             logp = forward_response(self.policy, *batch[:4])["logprobs"].float()
@@ -245,8 +250,8 @@ class ReinforceTrainer:
         sample, score (less ``missing_eos_penalty`` for responses without EOS), and the sampled tokens'
         log-probs under the policy that drew them and under the reference. Returns ``(prompts, rollout,
         scores (B,), logp (B, T), ref_logp (B, T))``, both log-prob tensors 0 at padding."""
-        cfg, acc, K = self.cfg, self.accelerator, self.cfg.samples_per_prompt
-        idx = self.batches.next()[acc.process_index :: acc.num_processes]
+        cfg, K = self.cfg, self.cfg.samples_per_prompt
+        idx, _ = self.run.share(self.batches.next())
         prompts = [self.prompts[i] for i in idx for _ in range(K)]  # a prompt's K samples side by side
         with timer("time_generate"):
             ro = self.sample(prompts)
@@ -290,7 +295,8 @@ class ReinforceTrainer:
         # 4. one gradient step: policy gradient + alpha * MLE on reference pairs
         with timer("time_update"):
             stats = self.update(ro, advantages)
-        self.baseline_state = new_state
+        # a moving average of the global batch's mean reward (the mean of the processes' updates is that)
+        self.baseline_state = new_state if new_state is None else self.run.weighted_mean({"b": new_state}, 1.0)["b"]
         self.step_count += 1
         metrics = {
             **self.sample_metrics(ro, scores, logp, ref_logp), "reward": rewards.mean().item(),
@@ -316,7 +322,8 @@ class ReinforceTrainer:
         with run.loop(cfg.steps, model=cfg.model, reward=reward, prompts=cfg.prompts, **self.run_info(),
                       mle_data=cfg.mle_data, prompt_format=prompt_format(self.tokenizer, cfg.chat_template)):
             while self.step_count < cfg.steps:
-                m = (res := self.step())["metrics"]
+                # equal shares: each process's batch metrics weigh the same
+                m = run.weighted_mean((res := self.step())["metrics"], 1.0)
                 run.log(self.step_count, m, res["timings"])
                 info = f"score {m['score']:+.3f}  KL {m['kl_k1']:.2f}"
                 if "pg_grad_variance" in m:

@@ -19,7 +19,7 @@ from rlhfkit.config import RewardConfig
 from rlhfkit.data import Preference, load_preferences, read_jsonl
 from rlhfkit.models import RewardModel, load_tokenizer
 from rlhfkit.scoring import RewardScorer, encode_pairs_input
-from rlhfkit.train.common import Batches, Timer, make_optimizer
+from rlhfkit.train.common import Timer, make_optimizer
 from rlhfkit.train.run import TrainingRun, total_steps
 
 
@@ -168,12 +168,12 @@ def train_reward(cfg: RewardConfig, progress: bool = True, member: int | None = 
     rm.set_scoring(cfg.system_prompt, cfg.max_prompt_tokens, cfg.max_completion_tokens, getattr(cfg, "chat_template", "auto"))
     freeze_lower_layers(rm, cfg.train_top_layers)
     rm.train()
-    total = total_steps(cfg, len(train_groups))
+    total = total_steps(cfg, len(train_groups), run.processes)
     optimizer, scheduler = make_optimizer(rm.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps, head=rm._parts()[1],
                                          head_lr=cfg.lr * cfg.head_lr_scale)
     rm, optimizer, scheduler = accelerator.prepare(rm, optimizer, scheduler)
     inner = accelerator.unwrap_model(rm)
-    batches = Batches(len(train_groups), cfg.batch_size, order_seed)
+    batches = run.batches(len(train_groups), cfg.batch_size, order_seed)
     step = run.track(optimizer, scheduler, batches, save=lambda ckpt: inner.save_pretrained(ckpt / "model", tokenizer))
     with run.loop(total, model=cfg.model, data=cfg.data, pairs=len(pairs), groups=len(groups),
                   train_groups=len(train_groups), eval_groups=len(eval_groups),
@@ -182,15 +182,21 @@ def train_reward(cfg: RewardConfig, progress: bool = True, member: int | None = 
             timer = Timer()
             losses, accs = [], []
             for _ in range(cfg.grad_accum):
-                chunk = [train_groups[i] for i in batches.next()]
+                idx, real = run.share(batches.next())
+                chunk = [train_groups[i] for i in idx]
                 with accelerator.accumulate(rm), timer("update"):
                     loss, acc, gap = batch_loss(rm, tokenizer, chunk, cfg, cfg.use_margin, accelerator.device)
-                    accelerator.backward(loss)
+                    # each prompt of the global batch weighs the same, however they fall on processes
+                    n = len(chunk) if real else 0
+                    accelerator.backward(loss * run.share_weight(n))
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
-                losses.append(loss.item())
-                accs.append(acc)
+                # accuracy and gap are per pair: weighted by pairs
+                losses.append(run.weighted_mean({"loss": loss.item()}, n)["loss"])
+                m = run.weighted_mean({"accuracy": acc, "gap": gap}, sum(len(g) for g in chunk) if real else 0)
+                accs.append(m["accuracy"])
+                gap = m["gap"]
             step += 1
             metrics = {"loss": sum(losses) / len(losses), "accuracy": sum(accs) / len(accs), "gap": gap, "lr": scheduler.get_last_lr()[0]}
             # held-out eval on a schedule of the step number alone (not "and at the last step"), so that a run

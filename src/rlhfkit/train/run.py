@@ -17,10 +17,10 @@ from rlhfkit.train.common import (
 )
 
 
-def total_steps(cfg, n_items: int) -> int:
+def total_steps(cfg, n_items: int, processes: int = 1) -> int:
     """Optimiser steps of an epoch-based run: ``cfg.max_steps``, or ``cfg.epochs`` passes over ``n_items``
-    in batches of ``cfg.batch_size * cfg.grad_accum`` (at least 1)."""
-    per_epoch = math.ceil(n_items / (cfg.batch_size * cfg.grad_accum))
+    in batches of ``cfg.batch_size * cfg.grad_accum`` per process (at least 1)."""
+    per_epoch = math.ceil(n_items / (cfg.batch_size * cfg.grad_accum * processes))
     return cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
 
 
@@ -80,6 +80,54 @@ class TrainingRun:
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
+    # ---- several processes (``accelerate launch``): each its share of every global batch ----------------
+
+    @property
+    def processes(self) -> int:
+        return self.accelerator.num_processes
+
+    def batches(self, n: int, batch_size: int, seed: int | None = None, drop_last: bool = False) -> Batches:
+        """The global batch order over ``n`` items (seeded by ``seed``, default ``cfg.seed``): ``batch_size``
+        per process, so that P processes at batch b step as one process at batch P * b (``share`` picks
+        this process's part)."""
+        return Batches(n, batch_size * self.processes, self.cfg.seed if seed is None else seed, drop_last=drop_last)
+
+    def share(self, idx: list[int]) -> tuple[list[int], bool]:
+        """This process's part of a global batch (every P-th item from its rank on: no overlap, nothing
+        left out) and whether it holds real items. A process left without any (an epoch's last, short
+        batch) gets the batch's first item to run with weight 0 (``share_weight``): every process must
+        take part in each backward pass, or DDP's gradient all-reduce waits forever."""
+        mine = idx[self.accelerator.process_index :: self.processes]
+        return (mine, True) if mine else (idx[:1], False)
+
+    def share_weight(self, n_local: float) -> float:
+        """P * n_local / (n summed over processes): the factor on this process's mean loss (a mean over
+        its n_local units: tokens, prompts) that turns DDP's mean of the processes' gradients into the
+        gradient of the global batch's mean. 1 on one process."""
+        if self.processes == 1:
+            return 1.0
+        total = self.sum(n_local)
+        return self.processes * n_local / total if total else 0.0
+
+    def sum(self, x: float) -> float:
+        """``x`` summed over processes."""
+        if self.processes == 1:
+            return float(x)
+        t = torch.tensor([float(x)], dtype=torch.float64, device=self.accelerator.device)
+        return float(self.accelerator.reduce(t, reduction="sum")[0])
+
+    def weighted_mean(self, metrics: dict, weight: float) -> dict:
+        """Each metric's mean over processes, each process weighing ``weight`` (its share's size, 0 for a
+        process that ran a stand-in item): what one process would log for the whole global batch. Keys
+        must be the same on every process."""
+        if self.processes == 1:
+            return dict(metrics)
+        keys = sorted(metrics)
+        t = torch.tensor([float(metrics[k]) * weight for k in keys] + [float(weight)], dtype=torch.float64,
+                         device=self.accelerator.device)
+        t = self.accelerator.reduce(t, reduction="sum").tolist()
+        return {k: v / t[-1] for k, v in zip(keys, t[:-1])}
+
     def load_lm(self, model: str | None = None):
         """The causal LM this run trains: the checkpoint's when resuming (a LoRA run's checkpoint is an
         adapter folder: its adapters train on), else the function ``model`` (default ``cfg.model``)
@@ -108,7 +156,10 @@ class TrainingRun:
             scheduler.load_state_dict(st["scheduler"])
         if batches is not None:
             batches.load(st["data"])
-        set_rng_state(st["rng"], generator)
+        # each process's own RNGs (they sample differently) when the checkpoint has as many as we are
+        per_process = st.get("rng_processes")
+        ok = per_process is not None and len(per_process) == self.processes
+        set_rng_state(per_process[self.accelerator.process_index] if ok else st["rng"], generator)
         self.resumed, self.step = st, st["step"]
         self._saved_step = self.step  # the checkpoint we resumed from holds this step already
         return self.step
@@ -152,6 +203,11 @@ class TrainingRun:
         """``checkpoint-{step}``: the model (``track``'s ``save``) and trainer_state.pt (step, optimiser,
         scheduler, data position, every RNG, ``extra``), written by the main process."""
         ckpt = self.out / f"checkpoint-{step}"
+        rngs = [rng_state(self._tracked["generator"])]
+        if self.processes > 1:  # every process's RNGs, written by the main one
+            from accelerate.utils import gather_object
+
+            rngs = gather_object(rngs)
         if self.is_main:
             t = self._tracked
             if self._save is not None:
@@ -161,7 +217,7 @@ class TrainingRun:
                 state["scheduler"] = t["scheduler"].state_dict()
             if t["batches"] is not None:
                 state["data"] = t["batches"].state()
-            save_trainer_state(ckpt, {**state, "rng": rng_state(t["generator"]), **extra})
+            save_trainer_state(ckpt, {**state, "rng": rngs[0], "rng_processes": rngs, **extra})
         self._saved_step = step
         return ckpt
 

@@ -11,7 +11,7 @@ from rlhfkit.config import SFTConfig
 from rlhfkit.data import Conversation, Message, SFTExample, load_sft
 from rlhfkit.models import load_tokenizer
 from rlhfkit.forward import format_prompts, forward_response, prompt_format
-from rlhfkit.train.common import Batches, Timer, make_optimizer, save_model
+from rlhfkit.train.common import Timer, make_optimizer, save_model
 from rlhfkit.train.run import TrainingRun, total_steps
 
 
@@ -130,10 +130,10 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
     tokenizer = load_tokenizer(cfg.model)
     model = run.load_lm()
     model.train()
-    total = total_steps(cfg, len(examples))
+    total = total_steps(cfg, len(examples), run.processes)
     optimizer, scheduler = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    batches = Batches(len(examples), cfg.batch_size, cfg.seed)
+    batches = run.batches(len(examples), cfg.batch_size)
     step = run.track(optimizer, scheduler, batches,
                      save=lambda ckpt: save_model(accelerator, model, tokenizer, ckpt / "model", merge=False))
     with run.loop(total, model=cfg.model, data=cfg.data, examples=len(examples),
@@ -142,17 +142,19 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
             timer = Timer()
             losses, tokens = [], 0
             for _ in range(cfg.grad_accum):
-                idx = batches.next()
+                idx, real = run.share(batches.next())
                 with timer("data"):
                     batch = encode_sft_batch(tokenizer, [examples[i] for i in idx], cfg, accelerator.device)
+                # the loss is a mean over the global batch's loss tokens, however they fall on processes
+                n_loss = float(batch[4].sum()) if real else 0.0
                 with accelerator.accumulate(model), timer("update"):
                     loss = sft_loss(model, batch)
-                    accelerator.backward(loss)
+                    accelerator.backward(loss * run.share_weight(n_loss))
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
-                losses.append(loss.item())
-                tokens += int(batch[3].sum())
+                losses.append(run.weighted_mean({"loss": loss.item()}, n_loss)["loss"])
+                tokens += int(run.sum(int(batch[3].sum()) if real else 0))
             step += 1
             metrics = {"loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0], "epoch": batches.epoch + batches.pos / len(examples), "tokens": tokens}
             run.log(step, metrics, {**timer.t, "tokens_per_s": tokens / max(sum(timer.t.values()), 1e-9)})
