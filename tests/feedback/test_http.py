@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from rlhfkit.feedback import service as svc
-from rlhfkit.feedback.db import Assignment, Label, Task, User
+from rlhfkit.feedback.db import Assignment, Label, Response, Task, User
 
 from .conftest import PAIRWISE_TASK, PASSWORD, RANKING_TASK, RATING_TASK, Client, add_user, import_tasks
 
@@ -23,7 +23,7 @@ GET_ROUTES = [
 ]
 POST_ROUTES = [
     "/logout", "/tasks/{tid}", "/tasks/{tid}/skip", "/onboarding/start", "/chat", "/admin/settings", "/admin/import",
-    "/admin/sample", "/admin/users",
+    "/admin/sample", "/admin/users", "/next", "/api/next",
 ]
 PUBLIC = {("GET", "/login"), ("POST", "/login")}
 ADMIN_ONLY_GET = ["/admin", "/admin/dashboard.json", "/admin/tasks", "/admin/users", "/admin/export", "/openapi.json", "/docs",
@@ -165,7 +165,7 @@ def test_rating_ranking_pairwise_flow_and_export(app, engine, tmp_path):
     add_user(engine, "ann")
     ids = import_tasks(engine, [RATING_TASK, RANKING_TASK, PAIRWISE_TASK])
     c = Client(app, "ann")
-    r = c.get("/next")
+    r = c.post("/next")
     assert r.status_code == 303 and r.headers["location"] == f"/tasks/{ids[0]}"
     page = c.get(f"/tasks/{ids[0]}")
     assert page.status_code == 200 and "1 / 3" in page.text and "Gives harmful advice" in page.text
@@ -177,7 +177,7 @@ def test_rating_ranking_pairwise_flow_and_export(app, engine, tmp_path):
     a, b = by_text["A cat sat."], by_text["Dogs run."]
     form = {f"score_{a}": "6", f"score_{b}": "2", f"flag_{b}": "fails_instruction", f"notes_{b}": "off topic"}
     r = c.post(f"/tasks/{ids[0]}", form)
-    assert r.status_code == 303 and r.headers["location"] == "/next"
+    assert r.status_code == 303 and r.headers["location"] == f"/tasks/{ids[1]}"  # the form goes on to the next task
     assert c.get("/next").headers["location"] == f"/tasks/{ids[1]}"
     assert "2 / 3" in c.get(f"/tasks/{ids[1]}").text
     # ranking with a tie, by JSON
@@ -187,13 +187,14 @@ def test_rating_ranking_pairwise_flow_and_export(app, engine, tmp_path):
     # pairwise by form
     pw = [x["id"] for x in _task(c, ids[2])["responses"]]
     r = c.post(f"/tasks/{ids[2]}", {"winner": str(pw[0])})
-    assert r.status_code == 303
-    assert c.get("/next").headers["location"] == "/tasks?all_done=1"
+    assert r.status_code == 303 and r.headers["location"] == "/tasks?all_done=1"
+    assert c.post("/next").headers["location"] == "/tasks?all_done=1"
     assert "All your tasks are done" in c.get("/tasks?all_done=1").text
     assert counts(engine) == (3, 3)
     with Session(engine) as s:
         lab = s.scalar(sa.select(Label).where(Label.task_id == ids[0]))
-        assert next(it for it in lab.payload["ratings"] if it["response_id"] == b) == {"response_id": b, "score": 2, "flags": ["fails_instruction"], "notes": "off topic"}
+        b_id = s.scalar(sa.select(Response.id).where(Response.text == "Dogs run."))  # labels store global ids
+        assert next(it for it in lab.payload["ratings"] if it["response_id"] == b_id) == {"response_id": b_id, "score": 2, "flags": ["fails_instruction"], "notes": "off topic"}
         assert lab.duration_ms >= 0
     # admin export over HTTP matches the library's export
     add_user(engine, "root", "admin")
@@ -215,7 +216,7 @@ def test_invalid_submissions_store_nothing(app, engine):
     add_user(engine, "ann")
     rt, rk, pw = import_tasks(engine, [RATING_TASK, RANKING_TASK, PAIRWISE_TASK])
     c = Client(app, "ann")
-    c.get("/next")
+    c.post("/next")
     a, b = (x["id"] for x in _task(c, rt)["responses"])
     bad_ratings = [
         ({"ratings": [{"response_id": a, "score": 8}, {"response_id": b, "score": 3}]}, "from 1 to 7, got 8"),
@@ -258,7 +259,7 @@ def test_repeated_submission_is_idempotent(app, engine):
     add_user(engine, "ann")
     (tid,) = import_tasks(engine, [RANKING_TASK])
     c = Client(app, "ann")
-    c.get("/next")
+    c.post("/next")
     ids = [x["id"] for x in _task(c, tid)["responses"]]
     body = {"tiers": [[ids[2]], [ids[0]], [ids[1]]]}
     r1 = c.post_json(f"/tasks/{tid}", body)
@@ -279,8 +280,8 @@ def test_annotators_cannot_read_or_write_others_assignments(app, engine):
     svc.set_settings(engine, {"overlap": 1})
     (tid,) = import_tasks(engine, [PAIRWISE_TASK])
     ann, eve = Client(app, "ann"), Client(app, "eve")
-    assert ann.get("/next").headers["location"] == f"/tasks/{tid}"
-    assert eve.get("/next").headers["location"] == "/tasks?all_done=1"  # overlap 1: ann has it
+    assert ann.post("/next").headers["location"] == f"/tasks/{tid}"
+    assert eve.post("/next").headers["location"] == "/tasks?all_done=1"  # overlap 1: ann has it
     for p in (f"/tasks/{tid}", f"/api/tasks/{tid}", f"/tasks/{tid}/gold", f"/chat/{tid}"):
         r = eve.get(p)
         assert r.status_code == 403 and "not assigned to you" in r.text, p
@@ -299,7 +300,7 @@ def test_overlap_and_batches(app, engine):
     t1, t2, t3 = import_tasks(engine, [PAIRWISE_TASK] * 3)
     cs = [Client(app, n) for n in ("a1", "a2", "a3")]
     for c in cs:
-        c.get("/next")
+        c.post("/next")
 
     def per_task():
         with Session(engine) as s:
@@ -314,11 +315,11 @@ def test_overlap_and_batches(app, engine):
     assert cs[0].post_json(f"/tasks/{t1}", {"winner": "tie"}).status_code == 409
     assert per_task() == {t1: 1, t2: 2, t3: 1}
     assert cs[2].post_json(f"/tasks/{t3}", {"winner": "tie"}).status_code == 201
-    assert cs[2].get("/api/next").json()["task_id"] == t1  # the freed slot
+    assert cs[2].post("/api/next").json()["task_id"] == t1  # the freed slot
     assert per_task() == {t1: 2, t2: 2, t3: 1}
     assert cs[0].get("/api/next").json()["task_id"] == t2
     assert cs[0].post_json(f"/tasks/{t2}", {"winner": "tie"}).status_code == 201
-    assert cs[0].get("/api/next").json()["task_id"] == t3  # never t1 again: it was skipped
+    assert cs[0].post("/api/next").json()["task_id"] == t3  # never t1 again: it was skipped
     assert counts(engine) == (2, 3)
 
 
@@ -326,7 +327,7 @@ def test_progress_timer_and_skip_shown(app, engine):
     add_user(engine, "ann")
     ids = import_tasks(engine, [PAIRWISE_TASK] * 11)
     c = Client(app, "ann")
-    c.get("/next")
+    c.post("/next")
     for tid in ids[:2]:
         assert c.post(f"/tasks/{tid}/skip").status_code == 303
     html = c.get(f"/tasks/{ids[2]}").text
@@ -381,7 +382,7 @@ def test_onboarding_gates_real_work(app, engine):
         assert c.post_json(f"/tasks/{tid}", body).status_code == 201
     page = c.get(f"/tasks/{golds[-1]}/gold")
     assert "Onboarding passed" in page.text
-    assert c.get("/next").headers["location"] == f"/tasks/{real}"
+    assert c.post("/next").headers["location"] == f"/tasks/{real}"
     assert c.post("/onboarding/start").status_code == 409
     me = c.get("/me")
     assert me.status_code == 200 and "100%" in me.text
@@ -442,7 +443,7 @@ def test_dashboard_agreement_figures(app, engine):
     choices = {"r1": "mmrt", "r2": "mmrr", "r3": "mrrt"}
     for n in names:
         c = Client(app, n)
-        c.get("/next")
+        c.post("/next")
         for i, tid in enumerate(ids):
             resp = {x["text"][0]: x["id"] for x in _task(c, tid)["responses"]}
             ch = choices[n][i]

@@ -15,7 +15,7 @@ from .conftest import pg_url_or_skip
 def _check(r) -> None:
     print(f"\n[load] {r.users} annotators: {r.submissions_sent} labels (+{r.retries} retries), {r.requests} requests "
           f"in {r.seconds:.1f} s = {r.requests_per_s:.0f} req/s; p50 {r.p50_ms:.0f} ms, p95 {r.p95_ms:.0f} ms, "
-          f"submit p95 {r.submit_p95_ms:.0f} ms, max {r.max_ms:.0f} ms (/api/next max {r.next_max_ms:.0f} ms); lost {r.lost}, duplicated {r.duplicated}")
+          f"submit p95 {r.submit_p95_ms:.0f} ms, max {r.max_ms:.0f} ms (/api/next max {r.next_max_ms:.0f} ms); 503 busy {r.busy}; lost {r.lost}, duplicated {r.duplicated}")
     assert r.errors == []
     assert r.submissions_sent == 50 * 20
     assert r.lost == 0 and r.duplicated == 0

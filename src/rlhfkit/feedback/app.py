@@ -19,12 +19,14 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import quote
 
+import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.middleware.sessions import SessionMiddleware
 
+from . import limits
 from . import service as svc
 from .db import DEFAULT_DB_URL, make_engine, migrate
 from .routes import admin, annotate, auth, chat, loop
@@ -53,9 +55,22 @@ async def _feedback_error(request: Request, exc: svc.FeedbackError) -> Response:
     return render(request, "error.html", exc.status_code, user=user, message=exc.message, status=exc.status_code)
 
 
+class DatabaseBusy(svc.FeedbackError):
+    status_code = 503
+
+
+async def _database_error(request: Request, exc: sa.exc.OperationalError) -> Response:
+    """A lock wait that ran out: 503 with Retry-After (the transaction was rolled back whole)."""
+    if not limits.is_busy(exc):
+        raise exc
+    r = await _feedback_error(request, DatabaseBusy(limits.busy_message()))
+    r.headers["retry-after"] = str(limits.RETRY_AFTER_S)
+    return r
+
+
 def create_app(db_url: str = DEFAULT_DB_URL, *, secret_key: str | None = None, run_migrations: bool = True) -> FastAPI:
     """The app for the database at ``db_url`` (migrated to the newest schema first)."""
-    engine = make_engine(db_url)
+    engine = make_engine(db_url, busy_timeout_s=limits.env_number("RLHFKIT_FEEDBACK_BUSY_TIMEOUT", limits.BUSY_TIMEOUT_S))
     if run_migrations:
         migrate(engine)
     app = FastAPI(
@@ -65,6 +80,12 @@ def create_app(db_url: str = DEFAULT_DB_URL, *, secret_key: str | None = None, r
         dependencies=[Depends(csrf_guard)],
     )
     app.state.engine = engine
+    # innermost of the middlewares: sessions and headers wrap its 413 like any answer, and
+    # no route, form parser or CSRF check reads a body before it has passed
+    app.add_middleware(
+        limits.BodyLimit, max_bytes=int(limits.env_number("RLHFKIT_FEEDBACK_MAX_BODY", limits.MAX_BODY_BYTES, int)),
+        max_upload_bytes=int(limits.env_number("RLHFKIT_FEEDBACK_MAX_UPLOAD", limits.MAX_UPLOAD_BYTES, int)),
+    )
     app.add_middleware(
         SessionMiddleware, secret_key=secret_key or svc.secret_key(engine), session_cookie=SESSION_COOKIE,
         max_age=14 * 24 * 3600, same_site="lax", https_only=False,
@@ -74,6 +95,7 @@ def create_app(db_url: str = DEFAULT_DB_URL, *, secret_key: str | None = None, r
     app.state.templates.env.globals.update(flags=svc.FLAGS)
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(svc.FeedbackError, _feedback_error)
+    app.add_exception_handler(sa.exc.OperationalError, _database_error)
     for module in (auth, annotate, chat, admin, loop):  # the order routes were declared in
         app.include_router(module.router)
     return app

@@ -190,8 +190,12 @@ def is_sqlite(url_or_engine: str | sa.Engine) -> bool:
     return name == "sqlite"
 
 
-def make_engine(url: str) -> sa.Engine:
+def make_engine(url: str, busy_timeout_s: float = 60.0) -> sa.Engine:
     """An engine for ``url``; SQLite gets WAL, a busy timeout and explicit transactions.
+
+    ``busy_timeout_s``: how long an SQLite statement waits for another writer's lock before
+    "database is locked" (the web app uses a few seconds and answers 503: ``limits.py``;
+    the CLI and the worker can afford to wait).
 
     With SQLite, pysqlite's own transaction handling is switched off so that a write
     session can open with ``BEGIN IMMEDIATE`` (see :func:`write_session`): a write
@@ -200,14 +204,14 @@ def make_engine(url: str) -> sa.Engine:
     """
     url = normalize_url(url)
     if is_sqlite(url):
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_s})
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn, _record):  # noqa: ANN001
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
             cur.execute("PRAGMA foreign_keys=ON")
             # FULL: a committed label survives a power cut too (WAL + NORMAL could lose it).
             cur.execute("PRAGMA synchronous=FULL")

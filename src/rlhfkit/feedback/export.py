@@ -167,17 +167,37 @@ def label_records(engine: sa.Engine) -> Iterator[dict]:
         }
 
 
+def jsonl_line(rec: dict) -> str:
+    """One JSONL line, UTF-8 text as is; a record whose text UTF-8 cannot encode (a lone
+    surrogate, stored before the app refused them) is written with ``\\uXXXX`` escapes, which
+    is valid JSON and reads back the same, instead of failing the whole export."""
+    line = json.dumps(rec, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(rec, ensure_ascii=True)
+    return line + "\n"
+
+
 def export(engine: sa.Engine, path: str | Path, kind: str = "prefs", include_gold: bool = False) -> int:
-    """Write ``kind`` records to ``path`` (JSONL); returns the number of lines."""
+    """Write ``kind`` records to ``path`` (JSONL); returns the number of lines.
+
+    Written to ``<path>.tmp`` and renamed: a reader never sees half a file, and a failed
+    export removes its ``.tmp`` (and leaves an earlier ``path`` as it was).
+    """
     if kind not in EXPORT_KINDS:
         raise ValueError(f"export kind must be one of {', '.join(EXPORT_KINDS)}, got {kind!r}")
     recs = {"prefs": lambda: preference_records(engine, include_gold), "eval": lambda: eval_records(engine), "labels": lambda: label_records(engine)}[kind]()
     n = 0
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for rec in recs:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            n += 1
-    tmp.replace(path)  # never leave a half-written file where a trainer could read it
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for rec in recs:
+                f.write(jsonl_line(rec))
+                n += 1
+        tmp.replace(path)  # never leave a half-written file where a trainer could read it
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return n

@@ -3,7 +3,7 @@
 ``run_load(db_url, n_users=50, per_user=20)`` starts ``uvicorn`` in a subprocess on
 127.0.0.1 (a free port), creates ``n_users`` annotators and enough pairwise tasks
 (overlap 2), and lets every annotator log in and submit ``per_user`` labels concurrently
-(httpx async clients: next task, read it, submit). Every 5th submission is sent twice,
+(httpx async clients: ``POST /api/next``, read the task, submit). Every 5th submission is sent twice,
 as a client retry would, to exercise idempotency. It stops by itself: after all
 submissions or at ``time_limit_s``. Then it compares the database with what was sent:
 lost labels (acknowledged but absent or different) and duplicated labels (two labels for
@@ -42,6 +42,7 @@ class LoadResult:
     lost: int
     duplicated: int
     errors: list[str] = field(default_factory=list)
+    busy: int = 0  # requests answered 503 (database busy) and sent again after Retry-After
 
 
 def _free_port() -> int:
@@ -87,6 +88,12 @@ async def _annotator(base: str, name: str, per_user: int, deadline: float, lat: 
         async def req(method: str, url: str, submit: bool = False, **kw):
             t0 = time.perf_counter()
             r = await c.request(method, url, **kw)
+            for _ in range(10):  # the database was busy (503): nothing was stored, come back as told
+                if r.status_code != 503:
+                    break
+                counters["busy"] += 1
+                await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+                r = await c.request(method, url, **kw)
             dt_ms = (time.perf_counter() - t0) * 1000
             lat.append(dt_ms)
             if submit:
@@ -106,20 +113,20 @@ async def _annotator(base: str, name: str, per_user: int, deadline: float, lat: 
             if time.monotonic() > deadline:
                 errors.append(f"{name}: time limit reached after {k} submissions")
                 return
-            tid = (await req("GET", "/api/next")).json()["task_id"]
+            tid = (await req("POST", "/api/next", headers=hdr)).json()["task_id"]  # a POST hands out work
             if tid is None:
                 errors.append(f"{name}: no task left after {k} submissions")
                 return
             t = (await req("GET", f"/api/tasks/{tid}")).json()
             # a deterministic choice per (annotator, task): left, right or tie
             choice = zlib.crc32(f"{name}:{tid}".encode()) % 3
-            winner = "tie" if choice == 2 else t["responses"][choice]["id"]
+            winner = "tie" if choice == 2 else t["responses"][choice]["id"]  # an opaque id: compared by text below
             body = {"winner": winner}
             r = await req("POST", f"/tasks/{tid}", submit=True, json=body, headers=hdr)
             if r.status_code != 201:
                 errors.append(f"{name}: task {tid}: {r.status_code} {r.text[:200]}")
                 continue
-            sent[(name, tid)] = None if winner == "tie" else winner
+            sent[(name, tid)] = None if winner == "tie" else t["responses"][choice]["text"]
             if k % 5 == 0:  # a client retry: must be recognised, not stored twice
                 r2 = await req("POST", f"/tasks/{tid}", submit=True, json=body, headers=hdr)
                 counters["retries"] += 1
@@ -129,7 +136,7 @@ async def _annotator(base: str, name: str, per_user: int, deadline: float, lat: 
 
 def run_load(db_url: str, n_users: int = 50, per_user: int = 20, time_limit_s: float = 150.0) -> LoadResult:
     """Run the whole load test against a fresh database at ``db_url``; returns the figures."""
-    from .db import Assignment, Label, User, make_engine
+    from .db import Assignment, Label, Response, User, make_engine
 
     prepare(db_url, n_users, per_user)
     port = _free_port()
@@ -156,7 +163,7 @@ def run_load(db_url: str, n_users: int = 50, per_user: int = 20, time_limit_s: f
         next_lat: list[float] = []
         sent: dict = {}
         errors: list[str] = []
-        counters = {"requests": 0, "retries": 0}
+        counters = {"requests": 0, "retries": 0, "busy": 0}
         deadline = time.monotonic() + time_limit_s
 
         async def main() -> None:
@@ -176,6 +183,7 @@ def run_load(db_url: str, n_users: int = 50, per_user: int = 20, time_limit_s: f
     engine = make_engine(db_url)
     with Session(engine) as s:
         rows = s.execute(sa.select(User.username, Label.task_id, Label.payload, Label.assignment_id).join(Label, Label.user_id == User.id)).all()
+        text_of = dict(s.execute(sa.select(Response.id, Response.text)).all())
         per_assignment = s.execute(sa.select(Label.assignment_id, sa.func.count()).group_by(Label.assignment_id).having(sa.func.count() > 1)).all()
         done_without_label = s.scalar(
             sa.select(sa.func.count()).select_from(Assignment).outerjoin(Label, Label.assignment_id == Assignment.id)
@@ -187,12 +195,12 @@ def run_load(db_url: str, n_users: int = 50, per_user: int = 20, time_limit_s: f
     for user, tid, payload, _ in rows:
         if (user, tid) in stored:
             dup += 1
-        stored[(user, tid)] = payload["winner"]
+        stored[(user, tid)] = None if payload["winner"] is None else text_of[payload["winner"]]
     lost = sum(1 for key, w in sent.items() if stored.get(key, "missing") != w) + done_without_label
     dup += len(set(stored) - set(sent))  # labels nobody got an acknowledgement for
     return LoadResult(
         users=n_users, submissions_sent=len(sent), retries=counters["retries"], requests=counters["requests"],
         seconds=seconds, requests_per_s=counters["requests"] / seconds, p50_ms=_pct(lat, 0.5), p95_ms=_pct(lat, 0.95),
         submit_p95_ms=_pct(sub_lat, 0.95), max_ms=max(lat, default=float("nan")),
-        next_max_ms=max(next_lat, default=float("nan")), lost=lost, duplicated=dup, errors=errors,
+        next_max_ms=max(next_lat, default=float("nan")), lost=lost, duplicated=dup, errors=errors, busy=counters["busy"],
     )

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -16,7 +14,7 @@ from .. import export as exp
 from .. import service as svc
 from .. import stats
 from ..db import Job, Label, Task, User
-from .deps import Engine, admin_user, render, wants_json
+from .deps import MAX_ID, Engine, admin_user, render, wants_json
 
 router = APIRouter()
 
@@ -74,8 +72,14 @@ async def admin_sample(request: Request, engine: Engine, user: User = Depends(ad
         k = int(str(form.get("num_samples", "2")))
     except ValueError:
         raise svc.Invalid("number of samples must be an integer") from None
-    with Session(engine) as s:
-        ids = [int(x) for x in form.getlist("task_id")] or list(s.scalars(sa.select(Task.id).where(Task.status == "waiting", Task.created_by.is_(None))))
+    ids = []
+    for x in form.getlist("task_id"):
+        if not (isinstance(x, str) and x.strip().isascii() and x.strip().isdigit() and len(x.strip()) <= 10 and 1 <= int(x.strip()) <= MAX_ID):
+            raise svc.Invalid(f"task_id must be a task number, got {x!r:.40}")
+        ids.append(int(x.strip()))
+    if not ids:
+        with Session(engine) as s:
+            ids = list(s.scalars(sa.select(Task.id).where(Task.status == "waiting", Task.created_by.is_(None))))
     if not ids:
         raise svc.Invalid("no task is waiting for responses")
     await run_in_threadpool(svc.request_samples, engine, ids, models, k, {"max_new_tokens": 64, "temperature": 1.0}, user.id)
@@ -101,7 +105,7 @@ def admin_export(engine: Engine, kind: str = "prefs", user: User = Depends(admin
     if kind not in exp.EXPORT_KINDS:
         raise svc.Invalid(f"export kind must be one of {', '.join(exp.EXPORT_KINDS)}")
     recs = {"prefs": exp.preference_records, "eval": exp.eval_records, "labels": exp.label_records}[kind](engine)
-    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
+    body = "".join(exp.jsonl_line(r) for r in recs)
     return PlainTextResponse(body, media_type="application/jsonl", headers={"content-disposition": f'attachment; filename="{kind}.jsonl"'})
 
 

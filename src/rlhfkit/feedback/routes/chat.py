@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import service as svc
 from ..db import Job, Task, User
-from .deps import Engine, annotator_user, render, wants_json
+from .deps import Engine, TaskId, annotator_user, render, wants_json
 
 router = APIRouter()
 
@@ -24,7 +24,7 @@ def chat_page(request: Request, engine: Engine, user: User = Depends(annotator_u
 @router.post("/chat")
 async def chat_submit(request: Request, engine: Engine, user: User = Depends(annotator_user)) -> Response:
     form = await request.form()
-    models = [str(m) for m in form.getlist("model") if str(m)]
+    models = [str(m) for m in form.getlist("model") if str(m)]  # checked by svc.create_chat_task
     try:
         k = int(str(form.get("num_samples", "2")))
     except ValueError:
@@ -37,7 +37,7 @@ async def chat_submit(request: Request, engine: Engine, user: User = Depends(ann
 
 
 @router.get("/chat/{task_id}", response_class=HTMLResponse)
-def chat_wait(request: Request, task_id: int, engine: Engine, user: User = Depends(annotator_user)) -> Response:
+def chat_wait(request: Request, task_id: TaskId, engine: Engine, user: User = Depends(annotator_user)) -> Response:
     with Session(engine) as s:
         svc.get_assignment(s, user, task_id)
         task = s.get(Task, task_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
@@ -32,6 +32,10 @@ async def get_engine(request: Request) -> sa.Engine:
 
 
 Engine = Annotated[sa.Engine, Depends(get_engine)]  # a route parameter ``engine: Engine``
+# A task id in a path: what the id column holds (a 32-bit integer on PostgreSQL), else 422.
+# Without the bound /tasks/99999999999999999999 reached the database and failed there (500).
+MAX_ID = 2**31 - 1
+TaskId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 def wants_json(request: Request) -> bool:

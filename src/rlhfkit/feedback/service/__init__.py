@@ -6,11 +6,12 @@ the public names of the modules below, one per part of the job, so that callers 
 know which module holds what. Every function that writes opens exactly one transaction
 (``write_session``), so that a submission is stored whole or not at all.
 
-* ``common``      errors (each with its HTTP status) and the text limit;
+* ``common``      errors (each with its HTTP status), the text check and limit;
 * ``settings``    per-database settings and the cookie-signing key;
 * ``users``       accounts and login;
 * ``tasks``       tasks JSONL parsing, task creation, sampling requests;
 * ``assignment``  per-annotator shuffles, batch allocation, the next task;
+* ``blind``       the opaque response ids annotators see instead of global ones;
 * ``labels``      answer validation and storage (the stored payload shapes are described there);
 * ``onboarding``  gold questions and the onboarding attempt;
 * ``chat_jobs``   an annotator's own prompts and the model workers' jobs;
@@ -19,9 +20,29 @@ know which module holds what. Every function that writes opens exactly one trans
 
 from __future__ import annotations
 
-from .assignment import allocate_batch, display_order, get_assignment, mark_started, next_assignment, progress
-from .chat_jobs import active_models, claim_jobs, create_chat_task, ensure_display_order, finish_job, heartbeat
-from .common import MAX_TEXT, Conflict, FeedbackError, Forbidden, Invalid, NotFound
+from .assignment import (
+    allocate_batch,
+    display_order,
+    first_pending,
+    get_assignment,
+    letters,
+    mark_started,
+    next_assignment,
+    progress,
+    seen_order,
+)
+from .blind import blind_key, map_payload, opaque_ids
+from .chat_jobs import (
+    active_models,
+    check_model_names,
+    claim_jobs,
+    create_chat_task,
+    ensure_display_order,
+    finish_job,
+    heartbeat,
+    served_models,
+)
+from .common import MAX_TEXT, Conflict, FeedbackError, Forbidden, Invalid, NotFound, TooMany, check_text
 from .labels import (
     FLAG_KEYS,
     FLAGS,
@@ -48,6 +69,8 @@ from .tasks import ImportFileError, TaskSpec, add_tasks, parse_import_lines, req
 from .users import authenticate, create_user, set_password
 
 __all__ = [
+    "TooMany", "blind_key", "check_model_names", "check_text", "first_pending", "letters", "map_payload", "opaque_ids",
+    "seen_order", "served_models",
     "DEFAULT_SETTINGS", "FLAGS", "FLAG_KEYS", "MAX_TEXT", "RATING_MAX", "RATING_MIN",
     "Conflict", "FeedbackError", "Forbidden", "ImportFileError", "Invalid", "NotFound",
     "OnboardingState", "SubmitResult", "TaskSpec",

@@ -4,6 +4,7 @@ next task, access to one's own assignments."""
 from __future__ import annotations
 
 import random
+import string
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -18,6 +19,20 @@ def display_order(seed: int, task: Task, user_id: int, attempt: int) -> list[int
     """The shuffled response ids this annotator sees (blind: sources never shown)."""
     ids = [r.id for r in task.responses]
     return random.Random(f"{seed}:{task.id}:{user_id}:{attempt}").sample(ids, len(ids))
+
+
+def seen_order(a: Assignment, task: Task) -> list[int]:
+    """The response ids of ``task`` in the order ``a``'s annotator sees them: the stored shuffle,
+    then any response added after it was made (so that no task asks for a rating of a response
+    its annotator was never shown; :func:`ensure_display_order` stores such an extension)."""
+    ids = [r.id for r in task.responses]
+    order = [rid for rid in (a.display_order or []) if rid in ids]
+    return order + [rid for rid in ids if rid not in order]
+
+
+def letters(n: int) -> list[str]:
+    """Display names of n responses: A, B, C, ... (1, 2, 3, ... beyond 26)."""
+    return list(string.ascii_uppercase[:n]) if n <= 26 else [str(i + 1) for i in range(n)]
 
 
 def progress(s: Session, user: User, attempt: int = 0) -> tuple[int, int]:

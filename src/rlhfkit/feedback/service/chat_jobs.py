@@ -4,6 +4,8 @@ claiming queued jobs (each by exactly one worker) and storing what they sampled.
 from __future__ import annotations
 
 import datetime as dt
+import random
+import re
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -11,7 +13,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from ..db import Assignment, Job, Response, Task, User, Worker, as_utc, utcnow, write_session
 from .assignment import display_order
-from .common import MAX_TEXT, Invalid
+from .common import MAX_TEXT, Invalid, TooMany, check_text, show
 from .settings import get_settings
 
 
@@ -26,22 +28,70 @@ def active_models(engine: sa.Engine, within_s: float = 120.0) -> list[str]:
         return models
 
 
+MAX_MODELS_PER_REQUEST = 4
+# what a model name may look like: a hub id or a path (Job.model holds 512 characters)
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,199}")
+
+
+def check_model_names(
+    models: Sequence[str], allowed: Sequence[str] | None = None, max_n: int | None = MAX_MODELS_PER_REQUEST
+) -> list[str]:
+    """Distinct, well-formed model names (in order); with ``allowed``, only those.
+
+    Refuses (:class:`Invalid`) a malformed or unknown name and more than ``max_n`` names.
+    """
+    if max_n is not None and len(models) > max_n:
+        raise Invalid(f"choose at most {max_n} models at a time, got {len(models)} model fields")
+    out: list[str] = []
+    for m in models:
+        if not isinstance(m, str) or not _MODEL_NAME.fullmatch(m):
+            raise Invalid(f"model name {show(m)} is not a model name (letters, digits and ._/:@+-, at most 200)")
+        if allowed is not None and m not in allowed:
+            raise Invalid(f"model {show(m)} is not served here; choose one of: {', '.join(allowed) or '(no worker has registered a model yet)'}")
+        if m not in out:
+            out.append(m)
+    return out
+
+
+def served_models(engine: sa.Engine) -> list[str]:
+    """Every model a registered worker has announced (seen recently or not): what a chat may ask for."""
+    with Session(engine) as s:
+        models: list[str] = []
+        for w in s.scalars(sa.select(Worker).order_by(Worker.name)):
+            models += [m for m in w.models if m not in models]
+        return models
+
+
 def create_chat_task(
     engine: sa.Engine, user: User, prompt: str, models: Sequence[str], num_samples: int, params: dict | None = None
 ) -> int:
-    """An annotator's own prompt: sampled by the worker, then ranked by that annotator."""
-    prompt = prompt.strip()
+    """An annotator's own prompt: sampled by the worker, then ranked by that annotator.
+
+    Only models a worker has announced, at most :data:`MAX_MODELS_PER_REQUEST` per prompt, and
+    at most the ``max_pending_jobs`` setting of the user's jobs waiting or running (429 beyond).
+    """
+    prompt = check_text(prompt, "the prompt").strip()
     if not prompt:
         raise Invalid("write a prompt first")
     if len(prompt) > MAX_TEXT:
         raise Invalid(f"the prompt is longer than {MAX_TEXT} characters")
     if not models:
         raise Invalid("choose at least one model")
+    models = check_model_names(models, served_models(engine))
     if not 1 <= num_samples <= 8:
         raise Invalid(f"number of replies per model must be 1..8, got {num_samples}")
     if num_samples * len(models) < 2:
         raise Invalid("ask for at least 2 replies in all, to rank them")
     with write_session(engine) as s, s.begin():
+        # the user's row locked (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises
+        # writers): two requests at once cannot both pass the limit
+        s.execute(sa.select(User.id).where(User.id == user.id).with_for_update())
+        limit = int(get_settings(s)["max_pending_jobs"])
+        pending = s.scalar(
+            sa.select(sa.func.count()).select_from(Job).where(Job.created_by == user.id, Job.status.in_(["queued", "running"]))
+        )
+        if pending + len(models) > limit:
+            raise TooMany(f"you have {pending} model jobs pending (at most {limit}): rank the replies you have, then ask again")
         task = Task(kind="ranking", prompt=prompt, status="waiting", is_gold=False, created_by=user.id, meta={"chat": True}, created_at=utcnow())
         s.add(task)
         s.flush()
@@ -52,12 +102,21 @@ def create_chat_task(
 
 
 def ensure_display_order(engine: sa.Engine, assignment_id: int) -> None:
-    """Chat tasks get their responses after being assigned: shuffle them at first view."""
+    """Chat tasks get their responses after being assigned: shuffle them at first view. A
+    response added after the shuffle (by an older version's re-sampling) is shuffled in after
+    the ones already shown, so that the annotator sees every response they must judge."""
     with write_session(engine) as s, s.begin():
         a = s.get(Assignment, assignment_id)
+        task = s.get(Task, a.task_id, options=[selectinload(Task.responses)])
         if not a.display_order:
-            task = s.get(Task, a.task_id, options=[selectinload(Task.responses)])
             a.display_order = display_order(get_settings(s)["seed"], task, a.user_id, a.attempt)
+            return
+        ids = [r.id for r in task.responses]
+        shown = [rid for rid in a.display_order if rid in ids]
+        new = [rid for rid in ids if rid not in shown]
+        if new or len(shown) != len(a.display_order):
+            random.Random(f"{get_settings(s)['seed']}:{a.id}:late").shuffle(new)
+            a.display_order = shown + new
 
 
 def heartbeat(engine: sa.Engine, name: str, models: Sequence[str]) -> None:

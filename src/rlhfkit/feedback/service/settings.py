@@ -19,6 +19,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "batch_size": 10,  # tasks handed to an annotator at a time
     "gold_threshold": 0.7,  # mean gold score needed to pass onboarding
     "seed": 0,  # seeds the per-annotator shuffles of responses
+    "max_pending_jobs": 16,  # model jobs (chat prompts x models) one user may have waiting
 }
 # what each setting accepts: (type, minimum, maximum)
 _SETTING_RANGES: dict[str, tuple[type, float, float]] = {
@@ -26,6 +27,7 @@ _SETTING_RANGES: dict[str, tuple[type, float, float]] = {
     "batch_size": (int, 1, 1000),
     "gold_threshold": (float, 0.0, 1.0),
     "seed": (int, 0, 2**31 - 1),
+    "max_pending_jobs": (int, 1, 1000),
 }
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..db import TASK_KINDS, Job, Label, Response, Task, utcnow, write_session
-from .common import MAX_TEXT, Conflict, Invalid, NotFound
+from ..db import TASK_KINDS, Assignment, Job, Label, Response, Task, utcnow, write_session
+from .common import Conflict, Invalid, NotFound, check_text
 from .labels import RATING_MAX, RATING_MIN, normalize_tiers
 
 
@@ -56,10 +56,19 @@ def _parse_responses(obj: dict, where: str) -> list[tuple[str, str, dict]]:
             raise _err(where, f'"responses"[{i}] must be a string or an object with "text"')
         if not isinstance(text, str) or not text.strip():
             raise _err(where, f'"responses"[{i}] has no text')
-        if not isinstance(source, str) or not source:
-            raise _err(where, f'"responses"[{i}]: "source" must be a non-empty string')
+        if not isinstance(source, str) or not source or len(source) > 255:
+            raise _err(where, f'"responses"[{i}]: "source" must be a non-empty string of at most 255 characters')
+        _text(text, where, f'"responses"[{i}]')
+        _text(source, where, f'"responses"[{i}]."source"')
         out.append((text, source, meta))
     return out
+
+
+def _text(value: str, where: str, what: str) -> None:
+    try:
+        check_text(value, what)
+    except Invalid as e:
+        raise _err(where, e.message) from None
 
 
 def _check_gold(kind: str, gold: Any, n: int, where: str) -> Any:
@@ -145,8 +154,7 @@ def parse_import_lines(
         prompt = obj.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise _err(where, '"prompt" must be a non-empty string')
-        if len(prompt) > MAX_TEXT:
-            raise _err(where, f'"prompt" is longer than {MAX_TEXT} characters')
+        _text(prompt, where, '"prompt"')
         kind = obj.get("kind", default_kind)
         if kind not in TASK_KINDS:
             raise _err(where, f'"kind" must be one of {", ".join(TASK_KINDS)}, got {kind!r}')
@@ -158,7 +166,11 @@ def parse_import_lines(
             text = obj["response"]
             if not isinstance(text, str) or not text.strip():
                 raise _err(where, '"response" must be a non-empty string')
+            _text(text, where, '"response"')
             source = obj.get("source", "unknown")
+            if not isinstance(source, str) or not source or len(source) > 255:
+                raise _err(where, '"source" must be a non-empty string of at most 255 characters')
+            _text(source, where, '"source"')
             rmeta = {k: obj[k] for k in ("sample",) if k in obj}
             key = (kind, prompt)
             if key not in grouped:
@@ -223,9 +235,16 @@ def request_samples(
     engine: sa.Engine, task_ids: Sequence[int], models: Sequence[str], num_samples: int, params: dict | None = None,
     user_id: int | None = None,
 ) -> list[int]:
-    """Queue sampling jobs for tasks that nobody has labelled yet; returns job ids."""
+    """Queue sampling jobs for tasks that nobody holds yet; returns job ids.
+
+    A task already assigned (pending or answered) is refused: its new responses would be
+    missing from what its annotators were shown, and their answers could never be complete.
+    """
+    from .chat_jobs import check_model_names
+
     if not models:
         raise Invalid("name at least one model to sample from")
+    models = check_model_names(models, max_n=None)
     if not 1 <= num_samples <= 16:
         raise Invalid(f"number of samples must be 1..16, got {num_samples}")
     job_ids = []
@@ -236,6 +255,8 @@ def request_samples(
                 raise NotFound(f"no task {tid}")
             if s.scalar(sa.select(sa.func.count()).select_from(Label).where(Label.task_id == tid)):
                 raise Conflict(f"task {tid} already has labels: new responses would change what was judged")
+            if s.scalar(sa.select(sa.func.count()).select_from(Assignment).where(Assignment.task_id == tid, Assignment.status != "skipped")):
+                raise Conflict(f"task {tid} is assigned to annotators: new responses would be missing from what they were shown")
             task.status = "waiting"
             for model in models:
                 job = Job(task_id=tid, model=model, num_samples=num_samples, params=params or {}, status="queued", created_by=user_id, created_at=utcnow())

@@ -54,7 +54,7 @@
     const cards = () => $$(".rcard", form);
     let sel = null;
     const update = () => {
-      const tiers = $$(".tier .drop", form).map((d) => $$(".rcard", d).map((c) => parseInt(c.dataset.rid, 10))).filter((t) => t.length);
+      const tiers = $$(".tier .drop", form).map((d) => $$(".rcard", d).map((c) => c.dataset.rid)).filter((t) => t.length);
       input.value = JSON.stringify(tiers);
       const left = $$(".rcard", pool).length;
       if (btn) btn.disabled = left > 0;
