@@ -19,7 +19,7 @@ from argon2 import PasswordHasher
 
 # Cheap argon2 parameters for test users (the defaults cost ~50 ms per hash, x hundreds).
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-PASSWORD = "secret-pw"
+PASSWORD = "secret-password"  # passwords have at least 10 characters
 
 
 def pg_url_or_skip() -> str:

@@ -20,7 +20,7 @@ from rlhfkit.feedback.winrate import human_winrates, winrates_from_records
 
 from .conftest import FAST_HASHER, RANKING_TASK, RATING_TASK, add_user, import_tasks
 
-TABLES = {"users", "tasks", "responses", "assignments", "labels", "jobs", "workers", "settings", "alembic_version"}
+TABLES = {"users", "tasks", "responses", "assignments", "labels", "jobs", "workers", "settings", "login_throttle", "alembic_version"}
 
 
 def test_fresh_db_gets_schema_and_migrating_twice_is_a_noop(db_url):
@@ -34,7 +34,11 @@ def test_fresh_db_gets_schema_and_migrating_twice_is_a_noop(db_url):
     migrate(engine)
     assert set(sa.inspect(engine).get_table_names()) == TABLES
     rev = current_revision(engine)
-    assert rev == "0001"
+    from alembic.script import ScriptDirectory
+
+    from rlhfkit.feedback.db import alembic_config
+
+    assert rev == ScriptDirectory.from_config(alembic_config()).get_current_head()  # the newest migration
     add_user(engine, "ann")
     migrate(engine)  # again: nothing changes, nothing lost
     assert current_revision(engine) == rev
@@ -277,15 +281,15 @@ def test_human_winrates_cluster_by_prompt_like_the_simulated_ones():
 def test_cli_user_import_settings_export_winrate(tmp_path):
     db = f"sqlite:///{tmp_path / 'cli.db'}"
     run = CliRunner().invoke
-    r = run(feedback_app, ["user", "add", "boss", "--role", "admin", "--password", "pw1234", "--db", db])
+    r = run(feedback_app, ["user", "add", "boss", "--role", "admin", "--password", "pw12345678", "--db", db])
     assert r.exit_code == 0 and "added admin boss" in r.output
-    r = run(feedback_app, ["user", "add", "boss", "--role", "admin", "--password", "pw1234", "--db", db])
+    r = run(feedback_app, ["user", "add", "boss", "--role", "admin", "--password", "pw12345678", "--db", db])
     assert r.exit_code == 1 and "already exists" in r.output
-    r = run(feedback_app, ["user", "add", "x", "--role", "root", "--password", "pw1234", "--db", db])
+    r = run(feedback_app, ["user", "add", "x", "--role", "root", "--password", "pw12345678", "--db", db])
     assert r.exit_code == 1 and "role must be one of" in r.output
-    run(feedback_app, ["user", "add", "ann", "--password", "pw1234", "--db", db])
+    run(feedback_app, ["user", "add", "ann", "--password", "pw12345678", "--db", db])
     assert "ann\tannotator" in run(feedback_app, ["user", "list", "--db", db]).output
-    assert run(feedback_app, ["user", "password", "ann", "--password", "newpw99", "--db", db]).exit_code == 0
+    assert run(feedback_app, ["user", "password", "ann", "--password", "newpw99-long", "--db", db]).exit_code == 0
     tasks = tmp_path / "t.jsonl"
     tasks.write_text("\n".join(json.dumps(x) for x in [
         {"prompt": "Say hello.", "response": "Hello!", "source": "ppo", "sample": 0},
@@ -307,7 +311,7 @@ def test_cli_user_import_settings_export_winrate(tmp_path):
         from rlhfkit.feedback.db import User
 
         ann = s.scalar(sa.select(User).where(User.username == "ann"))
-    assert svc.authenticate(engine, "ann", "newpw99") is not None
+    assert svc.authenticate(engine, "ann", "newpw99-long") is not None
     svc.allocate_batch(engine, ann)
     with Session(engine) as s:
         task = svc.get_assignment(s, ann, 1).task

@@ -10,6 +10,12 @@ serve`` runs it under uvicorn. Access rules, enforced here and tested route by r
   ``X-CSRF-Token``), or is refused with 403 before anything else happens;
 * an annotator reaches only tasks assigned to them (403 otherwise, 404 for unknown ids).
 
+Sessions: a signed cookie (``Secure`` over https, see ``headers.py``) holding the user id and
+the user's ``session_version``, so that logout and a password change end every session of the
+user; the signing key comes from the environment or a 0600 file (``secretkey.py``). Failed
+logins lock the account and the client address for a while (``service/throttle.py``). Every
+response carries CSP, X-Frame-Options, nosniff and Referrer-Policy headers.
+
 The routes are in ``routes/`` (one router per audience); this module assembles them and
 answers errors: pages get ``error.html``, JSON clients ``{"detail": ...}``.
 """
@@ -29,8 +35,10 @@ from starlette.middleware.sessions import SessionMiddleware
 from . import limits
 from . import service as svc
 from .db import DEFAULT_DB_URL, make_engine, migrate
+from .headers import SecurityHeaders, https_only_from_env
 from .routes import admin, annotate, auth, chat, loop
 from .routes.deps import CSRFError, LoginRequired, csrf_guard, current_user, render, wants_json
+from .secretkey import session_secret
 
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "rlhfkit_session"
@@ -68,8 +76,19 @@ async def _database_error(request: Request, exc: sa.exc.OperationalError) -> Res
     return r
 
 
-def create_app(db_url: str = DEFAULT_DB_URL, *, secret_key: str | None = None, run_migrations: bool = True) -> FastAPI:
-    """The app for the database at ``db_url`` (migrated to the newest schema first)."""
+def create_app(
+    db_url: str = DEFAULT_DB_URL, *, secret_key: str | None = None, run_migrations: bool = True,
+    https_only: bool | None = None, login_policy: svc.LoginPolicy | None = None,
+) -> FastAPI:
+    """The app for the database at ``db_url`` (migrated to the newest schema first).
+
+    ``secret_key`` signs the session cookies (default: ``secretkey.session_secret``, from the
+    environment or a 0600 file); ``https_only`` sets the cookie's ``Secure`` flag always (True),
+    never (False) or for https requests (None; default: env ``RLHFKIT_HTTPS_ONLY``);
+    ``login_policy`` is the brute-force lockout (``service/throttle.py``).
+    """
+    if https_only is None:
+        https_only = https_only_from_env()
     engine = make_engine(db_url, busy_timeout_s=limits.env_number("RLHFKIT_FEEDBACK_BUSY_TIMEOUT", limits.BUSY_TIMEOUT_S))
     if run_migrations:
         migrate(engine)
@@ -86,10 +105,12 @@ def create_app(db_url: str = DEFAULT_DB_URL, *, secret_key: str | None = None, r
         limits.BodyLimit, max_bytes=int(limits.env_number("RLHFKIT_FEEDBACK_MAX_BODY", limits.MAX_BODY_BYTES, int)),
         max_upload_bytes=int(limits.env_number("RLHFKIT_FEEDBACK_MAX_UPLOAD", limits.MAX_UPLOAD_BYTES, int)),
     )
+    app.state.login_policy = login_policy or svc.LoginPolicy()
     app.add_middleware(
-        SessionMiddleware, secret_key=secret_key or svc.secret_key(engine), session_cookie=SESSION_COOKIE,
-        max_age=14 * 24 * 3600, same_site="lax", https_only=False,
+        SessionMiddleware, secret_key=secret_key or session_secret(db_url), session_cookie=SESSION_COOKIE,
+        max_age=14 * 24 * 3600, same_site="lax", https_only=bool(https_only),
     )
+    app.add_middleware(SecurityHeaders, https_only=https_only)  # outside the sessions: sees their cookie
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.state.templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.state.templates.env.globals.update(flags=svc.FLAGS)

@@ -21,6 +21,7 @@ user_app = typer.Typer(help="Manage annotators and admins.", no_args_is_help=Tru
 feedback_app.add_typer(user_app, name="user")
 
 DB_HELP = "database URL: sqlite:///file.db (default) or postgresql://user:pw@host/db"
+PASSWORD_HELP = "password, at least 10 characters (asked for when not given)"
 
 
 def _db(db: str | None) -> str:
@@ -65,7 +66,7 @@ def serve(
 def user_add(
     name: str = typer.Argument(..., help="user name (no spaces)"),
     role: str = typer.Option("annotator", help="admin | annotator"),
-    password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True, help="password"),
+    password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True, help=PASSWORD_HELP),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
 ) -> None:
     """Add a person who can log in."""
@@ -81,17 +82,17 @@ def user_add(
 @user_app.command("password")
 def user_password(
     name: str = typer.Argument(...),
-    password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True),
+    password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True, help=PASSWORD_HELP),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
 ) -> None:
-    """Set a new password."""
+    """Set a new password; every session of the user ends (they log in again)."""
     from . import service as svc
 
     try:
         svc.set_password(_engine(db), name, password)
     except svc.FeedbackError as e:
         _fail(e.message)
-    typer.echo(f"password of {name} changed")
+    typer.echo(f"password of {name} changed; their sessions have ended")
 
 
 @user_app.command("list")

@@ -18,7 +18,10 @@ The tables, in the order a label is made:
 ``jobs``         requests to the model worker: sample ``num_samples`` responses of
                  ``model`` for a task.
 ``workers``      heartbeats of model workers and the models they serve.
-``settings``     key -> JSON value (overlap, batch size, gold threshold, secret key ...).
+``settings``     key -> JSON value (overlap, batch size, gold threshold, seed).
+``login_throttle`` failed logins per account and per client address (brute-force lockout).
+
+The key that signs session cookies is not in the database: see ``secretkey.py``.
 
 Nothing here imports torch.
 """
@@ -26,6 +29,8 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +42,7 @@ DEFAULT_DB_URL = "sqlite:///rlhfkit-feedback.db"
 ROLES = ("admin", "annotator")
 TASK_KINDS = ("rating", "ranking", "pairwise")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> dt.datetime:
@@ -64,6 +70,9 @@ class User(Base):
     active: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=True)
     onboarded_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
     created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False, default=utcnow)
+    # Copied into the session cookie at login; logout and a password change add 1, which
+    # ends every session of the user (a signed cookie cannot be recalled otherwise).
+    session_version: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0, server_default="0")
     __table_args__ = (sa.CheckConstraint("role IN ('admin', 'annotator')", name="ck_users_role"),)
 
 
@@ -170,6 +179,17 @@ class Setting(Base):
     value: Mapped[Any] = mapped_column(sa.JSON, nullable=True)
 
 
+class LoginThrottle(Base):
+    """Failed logins of one account (``user:<name>``) or one client address (``addr:<ip>``);
+    see ``service/throttle.py``. In the database so that every server process sees them."""
+
+    __tablename__ = "login_throttle"
+    key: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    failures: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
+    last_failure_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    locked_until: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
 # --------------------------------------------------------------------------- engines
 
 
@@ -190,6 +210,34 @@ def is_sqlite(url_or_engine: str | sa.Engine) -> bool:
     return name == "sqlite"
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of an SQLite URL; None for an in-memory database."""
+    db = sa.make_url(normalize_url(url)).database
+    return Path(db) if db and db != ":memory:" and not db.startswith("file:") else None
+
+
+def private_sqlite_files(url: str) -> None:
+    """Create the SQLite file owner-only (0600) before SQLite opens it; tighten an existing one.
+
+    SQLite gives the -wal and -shm files the mode of the database file, so they follow.
+    The database holds password hashes and every label: nobody else on the machine reads it.
+    """
+    path = sqlite_path(url)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # mode applies only when it creates the file
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+        try:
+            if p.stat().st_mode & 0o077:
+                log.warning("%s was readable by others: made it owner-only (0600)", p)
+                os.chmod(p, 0o600)
+        except FileNotFoundError:
+            pass
+        except PermissionError:  # not ours: say so, do not fail
+            log.warning("%s is readable by others and not ours to chmod: run chmod 600 on it", p)
+
+
 def make_engine(url: str, busy_timeout_s: float = 60.0) -> sa.Engine:
     """An engine for ``url``; SQLite gets WAL, a busy timeout and explicit transactions.
 
@@ -204,6 +252,7 @@ def make_engine(url: str, busy_timeout_s: float = 60.0) -> sa.Engine:
     """
     url = normalize_url(url)
     if is_sqlite(url):
+        private_sqlite_files(url)
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_s})
 
         @event.listens_for(engine, "connect")

@@ -57,7 +57,7 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def prepare(db_url: str, n_users: int, per_user: int, overlap: int = 2) -> None:
-    """Users u0..u{n-1} (password 'pw-load', cheap argon2 parameters) and enough tasks."""
+    """Users u0..u{n-1} (password 'pw-load-test', cheap argon2 parameters) and enough tasks."""
     import json
 
     from . import service as svc
@@ -67,7 +67,7 @@ def prepare(db_url: str, n_users: int, per_user: int, overlap: int = 2) -> None:
     migrate(engine)
     fast = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
     for i in range(n_users):
-        svc.create_user(engine, f"u{i}", "annotator", "pw-load", hasher=fast)
+        svc.create_user(engine, f"u{i}", "annotator", "pw-load-test", hasher=fast)
     with Session(engine) as s, s.begin():
         s.execute(sa.text("UPDATE users SET onboarded_at = created_at"))
     svc.set_settings(engine, {"overlap": overlap, "batch_size": per_user})
@@ -105,7 +105,7 @@ async def _annotator(base: str, name: str, per_user: int, deadline: float, lat: 
 
         page = (await req("GET", "/login")).text
         tok = page.split('name="csrf_token" value="')[1].split('"')[0]
-        r = await req("POST", "/login", data={"username": name, "password": "pw-load", "csrf_token": tok}, headers={"accept": "application/json"})
+        r = await req("POST", "/login", data={"username": name, "password": "pw-load-test", "csrf_token": tok}, headers={"accept": "application/json"})
         r.raise_for_status()
         tok = r.json()["csrf_token"]
         hdr = {"x-csrf-token": tok, "accept": "application/json"}

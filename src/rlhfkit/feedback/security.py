@@ -15,6 +15,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
+MIN_PASSWORD_LENGTH = 10  # checked when a password is set (users.py), not at login
 
 
 def hash_password(password: str, hasher: PasswordHasher | None = None) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session, selectinload
 from starlette.concurrency import run_in_threadpool
@@ -117,6 +116,21 @@ def openapi(request: Request, user: User = Depends(admin_user)) -> Response:
     return JSONResponse(request.app.openapi())
 
 
+def api_endpoints(schema: dict) -> list[dict]:
+    """The OpenAPI schema as rows for ``api_docs.html``: method, path, summary, parameters, body."""
+    rows = []
+    for path, ops in schema.get("paths", {}).items():
+        for method, op in ops.items():
+            params = [f"{p['name']} ({p['in']}{', required' if p.get('required') else ''})" for p in op.get("parameters", [])]
+            body = ", ".join(op.get("requestBody", {}).get("content", {}))
+            rows.append({"method": method.upper(), "path": path, "summary": op.get("summary", ""),
+                         "doc": op.get("description", ""), "params": params, "body": body})
+    return rows
+
+
 @router.get("/docs", include_in_schema=False)
-def docs(user: User = Depends(admin_user)) -> Response:
-    return get_swagger_ui_html(openapi_url="/openapi.json", title="rlhfkit feedback API")
+def docs(request: Request, user: User = Depends(admin_user)) -> Response:
+    # A plain page made here from the schema, not Swagger UI: that loads its script and CSS
+    # from a CDN (the app must work offline, and must not run another host's code next to
+    # the session) and starts with an inline script, which the CSP forbids.
+    return render(request, "api_docs.html", user=user, endpoints=api_endpoints(request.app.openapi()))

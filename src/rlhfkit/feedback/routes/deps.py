@@ -68,13 +68,14 @@ async def csrf_guard(request: Request) -> None:
 
 
 def current_user(request: Request) -> User:
-    """The logged-in, active user; raises :class:`LoginRequired` otherwise."""
+    """The logged-in, active user of a current session; raises :class:`LoginRequired` otherwise."""
     uid = request.session.get("uid")
     if uid is None:
         raise LoginRequired()
     with Session(request.app.state.engine, expire_on_commit=False) as s:
         user = s.get(User, uid)
-    if user is None or not user.active:
+    # a session made before the user's last logout or password change is over
+    if user is None or not user.active or request.session.get("sv") != user.session_version:
         request.session.clear()
         raise LoginRequired()
     return user

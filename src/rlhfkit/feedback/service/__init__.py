@@ -7,8 +7,9 @@ know which module holds what. Every function that writes opens exactly one trans
 (``write_session``), so that a submission is stored whole or not at all.
 
 * ``common``      errors (each with its HTTP status), the text check and limit;
-* ``settings``    per-database settings and the cookie-signing key;
-* ``users``       accounts and login;
+* ``settings``    per-database settings;
+* ``users``       accounts, login, ending a user's sessions;
+* ``throttle``    brute-force protection of the login (per account and per address);
 * ``tasks``       tasks JSONL parsing, task creation, sampling requests;
 * ``assignment``  per-annotator shuffles, batch allocation, the next task;
 * ``blind``       the opaque response ids annotators see instead of global ones;
@@ -64,21 +65,22 @@ from .onboarding import (
     onboarding_state,
     start_onboarding,
 )
-from .settings import DEFAULT_SETTINGS, coerce_setting, get_settings, secret_key, set_settings
+from .settings import DEFAULT_SETTINGS, coerce_setting, get_settings, set_settings
 from .tasks import ImportFileError, TaskSpec, add_tasks, parse_import_lines, request_samples
-from .users import authenticate, create_user, set_password
+from .throttle import LoginPolicy
+from .users import authenticate, create_user, end_sessions, set_password
 
 __all__ = [
     "TooMany", "blind_key", "check_model_names", "check_text", "first_pending", "letters", "map_payload", "opaque_ids",
     "seen_order", "served_models",
     "DEFAULT_SETTINGS", "FLAGS", "FLAG_KEYS", "MAX_TEXT", "RATING_MAX", "RATING_MIN",
-    "Conflict", "FeedbackError", "Forbidden", "ImportFileError", "Invalid", "NotFound",
+    "Conflict", "FeedbackError", "Forbidden", "ImportFileError", "Invalid", "LoginPolicy", "NotFound",
     "OnboardingState", "SubmitResult", "TaskSpec",
     "active_models", "add_tasks", "allocate_batch", "authenticate", "claim_jobs", "coerce_setting",
-    "create_chat_task", "create_user", "display_order", "ensure_display_order", "finish_job",
+    "create_chat_task", "create_user", "display_order", "end_sessions", "ensure_display_order", "finish_job",
     "finish_onboarding", "get_assignment", "get_settings", "gold_answer_payload", "gold_score",
     "heartbeat", "mark_started", "next_assignment", "next_onboarding", "onboarding_state",
-    "parse_import_lines", "payload_from_form", "progress", "request_samples", "secret_key",
+    "parse_import_lines", "payload_from_form", "progress", "request_samples",
     "set_password", "set_settings", "skip_task", "start_onboarding", "submit_label", "validate_payload",
     "LOOP_STATE_KEY", "add_round_tasks", "get_loop_state", "labels_in", "round_preferences", "set_loop_state",
 ]

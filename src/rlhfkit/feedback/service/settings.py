@@ -1,14 +1,13 @@
-"""Settings of one database (overlap, batch size, onboarding threshold, seed) and the key
-that signs its session cookies."""
+"""Settings of one database (overlap, batch size, onboarding threshold, seed).
+
+The key that signs session cookies is not kept here: see ``rlhfkit/feedback/secretkey.py``."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..db import Setting, write_session
@@ -65,22 +64,3 @@ def set_settings(engine: sa.Engine, values: Mapping[str, Any]) -> dict[str, Any]
                 row.value = v
     with Session(engine) as s:
         return get_settings(s)
-
-
-def secret_key(engine: sa.Engine) -> str:
-    """The key that signs session cookies, made once per database and kept in it.
-
-    Keeping it in the database lets several server processes share sessions and keeps
-    people logged in across restarts.
-    """
-    with Session(engine) as s:
-        row = s.get(Setting, "secret_key")
-        if row is not None:
-            return row.value
-    try:
-        with write_session(engine) as s, s.begin():
-            s.add(Setting(key="secret_key", value=secrets.token_hex(32)))
-    except IntegrityError:
-        pass  # another process made it first
-    with Session(engine) as s:
-        return s.get(Setting, "secret_key").value

@@ -1,4 +1,4 @@
-"""Accounts: create, change a password, log in."""
+"""Accounts: create, change a password, log in, log out everywhere."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..db import ROLES, User, utcnow, write_session
-from ..security import dummy_verify, hash_password, verify_password
+from ..security import MIN_PASSWORD_LENGTH, dummy_verify, hash_password, verify_password
 from .common import Conflict, Invalid, NotFound
 
 
@@ -20,8 +20,7 @@ def create_user(
         raise Invalid(f"user name must be 1-64 characters without spaces, got {username!r}")
     if role not in ROLES:
         raise Invalid(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-    if len(password) < 4:
-        raise Invalid("password must have at least 4 characters")
+    _check_password(password)
     pw_hash = hash_password(password, hasher)
     try:
         with write_session(engine) as s, s.begin():
@@ -34,14 +33,27 @@ def create_user(
     return user
 
 
+def _check_password(password: str) -> None:
+    # length is what makes a password hard to guess (NIST SP 800-63B); no composition rules
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise Invalid(f"password must have at least {MIN_PASSWORD_LENGTH} characters, got {len(password)}")
+
+
 def set_password(engine: sa.Engine, username: str, password: str, hasher: PasswordHasher | None = None) -> None:
-    if len(password) < 4:
-        raise Invalid("password must have at least 4 characters")
+    """A new password; every session of the user ends (whoever had the old one is out)."""
+    _check_password(password)
     with write_session(engine) as s, s.begin():
         user = s.scalar(sa.select(User).where(User.username == username))
         if user is None:
             raise NotFound(f"no user {username!r}")
         user.password_hash = hash_password(password, hasher)
+        user.session_version += 1
+
+
+def end_sessions(engine: sa.Engine, user_id: int) -> None:
+    """End every session of the user: cookies carry the version they were made with."""
+    with write_session(engine) as s, s.begin():
+        s.execute(sa.update(User).where(User.id == user_id).values(session_version=User.session_version + 1))
 
 
 def authenticate(engine: sa.Engine, username: str, password: str) -> User | None:
