@@ -36,6 +36,7 @@ class CommonConfig(RunConfig):
 
     save_every: int = opt(0, "Write a checkpoint every N optimiser steps (0: only at the end).")
     resume: str | None = opt(None, "Continue the run in this run directory from its last checkpoint.")
+    max_nonfinite_steps: int = opt(3, "A step whose loss or reward is NaN or infinite makes no update (a warning names it); this many in a row stop the run with an error (0: never stop).")
     lora_r: int = opt(0, "LoRA rank (0: train all parameters). With LoRA the reference model is the same network with adapters disabled.")
     lora_alpha: int = opt(32, "LoRA alpha.")
     lora_targets: str = opt("q_proj,k_proj,v_proj,o_proj", "Comma-separated module names that get LoRA adapters.")
@@ -288,5 +289,6 @@ def load_config(cls, path: str | Path | None = None, overrides: dict | None = No
 
 
 def save_config(cfg, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    from rlhfkit.atomic import atomic_write
+
+    atomic_write(path, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))

@@ -115,13 +115,12 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     """One JSON object per line (a Conversation value is written as TRL's list of messages)."""
+    from rlhfkit.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:  # a killed run leaves no half file
         for r in rows:
             f.write(json.dumps({k: prompt_json(v) for k, v in r.items()}, ensure_ascii=False) + "\n")
-    tmp.replace(path)
     return path
 
 

@@ -27,10 +27,10 @@ def _print_result(run: Path, result: dict) -> None:
         console.print(f"report: {(run / 'report.html').resolve()}")
 
 
-def _run(cfg: PipelineConfig):
+def _run(cfg: PipelineConfig, resume: bool = False):
     from rlhfkit.pipeline.stages import run_pipeline
 
-    result = run_pipeline(cfg, echo=click.echo)
+    result = run_pipeline(cfg, echo=click.echo, resume=resume)
     _print_result(Path(cfg.out), result)
 
 
@@ -54,23 +54,53 @@ def _options() -> list[click.Parameter]:
 
 
 def register(app: click.Group) -> None:
-    @click.command("pipeline", params=[click.Argument(["config_file"], type=click.Path(exists=True, dir_okay=False))] + _options())
-    def pipeline(config_file, sets, **kw):
+    resume_help = ("Finish a run that was killed (kill -9, out of memory, a lost machine): stages marked done in "
+                   "RUN/stages/ are not rerun, an interrupted training stage goes on from its last checkpoint "
+                   "(--set SECTION.save_every=N: how much work a kill can cost), the others start over with "
+                   "the same seeds; the result is the one an uninterrupted run gives.")
+
+    @click.command("pipeline", params=[click.Argument(["config_file"], required=False, type=click.Path(exists=True, dir_okay=False)),
+                                       click.Option(["--resume", "resume_run"], type=click.Path(exists=True, file_okay=False), default=None,
+                                                    metavar="RUN", help=resume_help + " The settings are the run's own (RUN/pipeline.yaml).")]
+                   + _options())
+    def pipeline(config_file, resume_run, sets, **kw):
         """Run the RLHF pipeline described by CONFIG_FILE (YAML): SFT, preferences from the simulated
-        panel, reward model, PPO, best-of-n, expert iteration, evaluation. Flags override the file."""
+        panel, reward model, PPO, best-of-n, expert iteration, evaluation. Flags override the file.
+        With --resume RUN (and no CONFIG_FILE), finish the run in RUN."""
         quiet_libraries()
-        run_reporting_errors(_run, _load(config_file, None, kw, sets))
+        if not resume_run:
+            if not config_file:
+                raise click.UsageError("give CONFIG_FILE, or --resume RUN to finish a run")
+            run_reporting_errors(_run, _load(config_file, None, kw, sets))
+            return
+        saved = Path(resume_run) / "pipeline.yaml"
+        if kw.get("out") not in (None, resume_run):
+            raise click.UsageError(f"--out {kw['out']} with --resume {resume_run}: a resumed run stays in its own folder")
+        if config_file:
+            cfg = _load(config_file, None, {**kw, "out": resume_run}, sets)
+        elif not saved.exists():
+            raise click.UsageError(f"--resume {resume_run}: no pipeline.yaml there, not a pipeline run directory")
+        else:
+            from rlhfkit.pipeline.config import parse_sets
+            from rlhfkit.pipeline.resume import resumable_config
+
+            try:
+                cfg = resumable_config(saved, resume_run, [{k: v for k, v in kw.items() if v is not None}, parse_sets(sets)])
+            except (ValueError, TypeError) as e:
+                raise click.UsageError(str(e))
+        run_reporting_errors(_run, cfg, True)
 
     @click.command("demo", params=[click.Option(["--preset"], type=click.Choice(list(PRESETS)), default="demo", show_default=True,
                                                 help="demo: SmolLM2-135M (14 min on 2 cores with native bf16, 50 min in fp32 without); smoke: the tiny model (< 2 min).")]
+                   + [click.Option(["--resume"], is_flag=True, help=resume_help + " Give the same options as the run's first command.")]
                    + _options())
-    def demo(preset, sets, **kw):
+    def demo(preset, resume, sets, **kw):
         """The pipeline on the bundled config (movie-review continuation, SmolLM2-135M-Instruct), then the
         lecture's comparison table."""
         quiet_libraries()
         if preset == "smoke" and kw.get("out") is None:
             kw["out"] = "runs/smoke"
-        run_reporting_errors(_run, _load(str(bundled_config_path()), preset, kw, sets))
+        run_reporting_errors(_run, _load(str(bundled_config_path()), preset, kw, sets), resume)
 
     @click.command("eval")
     @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))

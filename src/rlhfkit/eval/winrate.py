@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rlhfkit.atomic import atomic_write
+
 # Per-sample numeric fields averaged into the summary: sample key -> summary key.
 METRIC_FIELDS: dict[str, str] = {
     "gold": "gold_reward",
@@ -279,5 +281,5 @@ def build_winrates(
             )
         methods[name].update(_human_summary(name, judgments))
     result = {"reference": reference, "methods": methods}
-    (run_dir / "winrates.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    atomic_write(run_dir / "winrates.json", json.dumps(result, indent=2) + "\n")
     return result

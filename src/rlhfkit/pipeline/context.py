@@ -27,6 +27,7 @@ class Context:
         self.task = load_task(cfg.task)
         self._judge = None
         self._opening: dict[str, str] = {}
+        self.resume = False  # run_pipeline(resume=True): stages that keep their own progress (expert iteration) go on
 
     # prompts: the policy sees the task's framing of an opening; the judge judges the opening itself
     def frame(self, openings: list[str]) -> list[str]:

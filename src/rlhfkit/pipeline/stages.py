@@ -7,6 +7,7 @@ each stage's method and folder (``rlhfkit pipeline --help`` prints it).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -16,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from rlhfkit.atomic import atomic_json, crash_point, remove_leftovers
 from rlhfkit.data import write_jsonl
 from rlhfkit.pipeline.config import PipelineConfig
 from rlhfkit.pipeline.context import Context, reward_scorer, sample
@@ -67,7 +69,7 @@ def stage_preferences(ctx: Context) -> Path:
     report = ctx.judge.agreement_report(openings, [g[0] for g in groups], [g[1] for g in groups], rng=np.random.default_rng(c.seed + 3))
     clean = ctx.judge.rank(openings, groups, flip_prob=0.0, rng=same_draws)
     report["label_noise"] = label_noise_report(ctx.judge, openings, groups, rankings, clean, c.flip_prob)
-    (ctx.run / "prefs" / "agreement.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_json(ctx.run / "prefs" / "agreement.json", report)
     return out
 
 
@@ -177,7 +179,7 @@ def stage_expert_iteration(ctx: Context) -> Path:
     c = ctx.cfg
     return expert_iteration(c.expert_iteration, unlabeled_prompts(ctx), reward_scorer(ctx),
                             sample_seed=lambda r: stream_seed(c.seed, f"expert_iteration:{r}"),
-                            load_lm=lambda path: load_frozen_lm(path, c.bf16), progress=ctx.progress)
+                            load_lm=lambda path: load_frozen_lm(path, c.bf16), progress=ctx.progress, resume=ctx.resume)
 
 
 @dataclass(frozen=True)
@@ -212,26 +214,50 @@ def stage_table() -> str:
     return "\n".join(f"{s.name:<{w}}  {s.folder:<{f}}  {s.method}" for s in STAGES.values())
 
 
-def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print) -> dict:
-    """Run the stages named in ``cfg.stages``; returns the win-rate table and writes timings.json."""
+def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print, resume: bool = False) -> dict:
+    """Run the stages named in ``cfg.stages``; returns the win-rate table and writes timings.json.
+    ``resume``: continue a run killed part way (``pipeline/resume.py``): stages marked done are skipped,
+    an interrupted training stage goes on from its last checkpoint; the config must be the run's own."""
     from rlhfkit.config import save_config
+    from rlhfkit.pipeline import resume as resuming
 
-    ctx = Context(cfg, progress)
-    save_config(ctx.cfg, ctx.run / "pipeline.yaml")  # with the precision actually used
     names = [s.strip() for s in cfg.stages.split(",") if s.strip()]
     unknown = [s for s in names if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
+    resume = resume and (Path(cfg.out) / "pipeline.yaml").exists()  # nothing there yet: a fresh start
+    if resume:
+        resuming.check_resumable(cfg, Path(cfg.out))
+        remove_leftovers(cfg.out)  # temporary files of the killed run: never renamed into place, never read
+    ctx = Context(cfg, progress)
+    ctx.resume = resume
+    save_config(ctx.cfg, ctx.run / "pipeline.yaml")  # with the precision actually used
     timings_path = ctx.run / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     result = None
     t_all = time.perf_counter()
     for name in names:
+        if resume and resuming.marker(ctx.run, name).exists():
+            echo(f"== {name}: done before, not rerun")
+            if name == "eval":
+                result = json.loads((ctx.run / "winrates.json").read_text())
+            continue
         echo(f"== {name}")
+        later = list(STAGES)[list(STAGES).index(name) + 1 :]
+        resume_from = resuming.start_stage(ctx.run, name, later, resume)
+        wired = ctx.cfg
+        if resume_from is not None:  # the trainer goes on from its last checkpoint
+            echo(f"   resuming from {max(resume_from.glob('checkpoint-*'), key=lambda p: int(p.name.split('-')[1])).name}")
+            ctx.cfg = dataclasses.replace(wired, **{name: dataclasses.replace(getattr(wired, name), resume=str(resume_from))})
         t = time.perf_counter()
-        result = STAGES[name].run(ctx)
+        try:
+            result = STAGES[name].run(ctx)
+        finally:
+            ctx.cfg = wired
         timings[name] = round(time.perf_counter() - t, 1)
-        timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+        atomic_json(timings_path, timings)
+        crash_point(f"stage-done:{name}")
+        atomic_json(resuming.marker(ctx.run, name), {"stage": name, "seconds": timings[name]})  # last: the stage is done
         echo(f"   {name} done in {timings[name]:.0f} s")
         if name == "preferences":
             a = json.loads((ctx.run / "prefs" / "agreement.json").read_text())
@@ -253,5 +279,5 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print) -> dict
             if ev:
                 echo(f"   DPO held-out implicit-reward accuracy {ev['eval_accuracy']:.3f} on {ev['eval_pairs']} pairs")
     timings["total_this_call"] = round(time.perf_counter() - t_all, 1)
-    timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+    atomic_json(timings_path, timings)
     return {"timings": timings, "winrates": result if names and names[-1] == "eval" else None, "config": asdict(cfg)}

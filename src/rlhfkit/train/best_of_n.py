@@ -13,12 +13,12 @@ one rule. ``rlhfkit best-of-n`` writes, in its run directory:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 
+from rlhfkit.atomic import atomic_json
 from rlhfkit.config import BestOfNConfig
 from rlhfkit.data import load_prompts, write_jsonl
 from rlhfkit.rollout import GenerationConfig, Rollout, generate
@@ -104,7 +104,7 @@ def write_best_of_n(out: Path, prompts: list[str], picked: list[str], rows: list
     summary = {"n": n, "prompts": len(rows),
                "picked_score": sum(row["penalised_scores"][row["best"]] for row in rows) / max(len(rows), 1),
                "picked_ended": sum(ended) / max(len(ended), 1), "kl_bound": math.log(n) - (n - 1) / n}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_json(out / "summary.json", summary)
     return path
 
 

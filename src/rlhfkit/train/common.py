@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlhfkit.atomic import atomic_files, atomic_json, atomic_path, atomic_write, read_jsonl_lines
 from rlhfkit.config import save_config
 
 
@@ -136,9 +137,9 @@ class MetricsLog:
             p = self.out / name
             if resume_step is None:
                 p.unlink(missing_ok=True)
-            elif p.exists():  # drop lines past the checkpoint we resume from
-                keep = [line for line in p.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-                p.write_text("".join(line + "\n" for line in keep))
+            elif p.exists():  # drop lines past the checkpoint we resume from (and a line a kill cut off)
+                keep = [row for row in read_jsonl_lines(p) if row["step"] <= resume_step]
+                atomic_write(p, "".join(json.dumps(row) + "\n" for row in keep))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -212,7 +213,8 @@ def progress_bar(total: int, description: str, disable: bool = False):
 def save_trainer_state(ckpt: Path, state: dict) -> None:
     """``ckpt``/trainer_state.pt: whatever a trainer needs to continue (see ``TrainingRun.checkpoint``)."""
     ckpt.mkdir(parents=True, exist_ok=True)
-    torch.save(state, ckpt / "trainer_state.pt")
+    with atomic_path(ckpt / "trainer_state.pt") as tmp:
+        torch.save(state, tmp)
 
 
 def load_trainer_state(ckpt: Path) -> dict:
@@ -236,7 +238,7 @@ def write_run_info(out: Path, cfg, **extra) -> None:
     info = {"rlhfkit_version": __import__("rlhfkit").__version__, "torch": torch.__version__, **extra}
     if hasattr(cfg, "chat_template"):  # how a plain-string prompt reached the model: part of what the run means
         info.setdefault("chat_template", cfg.chat_template)
-    (out / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    atomic_json(out / "run_info.json", info)
 
 
 def lora_settings(cfg):
@@ -258,6 +260,6 @@ def save_model(accelerator, model, tokenizer, out: Path, merge: bool) -> None:
     model = accelerator.unwrap_model(model)
     if is_peft(model) and merge:
         model = copy.deepcopy(model).merge_and_unload()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with atomic_files(out) as tmp:  # each file lands whole, beside what the folder already holds
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)

@@ -13,12 +13,12 @@ preferences can be maximised over pi directly: no reward model, no sampling, no 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from rlhfkit import ops
+from rlhfkit.atomic import atomic_json
 from rlhfkit.config import DPOConfig
 from rlhfkit.data import Preference, SFTExample, load_preferences
 from rlhfkit.forward import autocast_context, forward_response, prompt_format
@@ -191,6 +191,7 @@ def train_dpo(cfg: DPOConfig, progress: bool = True) -> Path:
         while step < total:
             timer = Timer()
             parts: list[tuple[float, dict]] = []
+            bad: list[str] = []
             for _ in range(cfg.grad_accum):
                 idx, real = run.share(batches.next())
                 chunk = [train_groups[i] for i in idx]
@@ -199,17 +200,22 @@ def train_dpo(cfg: DPOConfig, progress: bool = True) -> Path:
                     loss, stats = batch_loss(model, tokenizer, chunk, ref, cfg, accelerator.device)
                     # each prompt of the global batch weighs the same, however they fall on processes
                     n = len(chunk) if real else 0
-                    accelerator.backward(loss * run.share_weight(n))
-                    if cfg.max_grad_norm and accelerator.sync_gradients:
-                        stats["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
-                    optimizer.step()
-                    scheduler.step()
+                    bad = bad or run.nonfinite(loss=loss)
+                    if not bad:  # a non-finite loss or gradient in any micro-batch: no update for the whole step
+                        accelerator.backward(loss * run.share_weight(n))
+                        if cfg.max_grad_norm and accelerator.sync_gradients:
+                            stats["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+                            bad = run.nonfinite(grad_norm=stats["grad_norm"])
+                    if not bad:
+                        optimizer.step()
+                        scheduler.step()
                     optimizer.zero_grad()
                 # the loss per prompt, the rest per pair, over the global batch (grad_norm is global already)
                 pair_stats = {k: v for k, v in stats.items() if k not in ("pairs", "grad_norm")}
                 stats.update(run.weighted_mean(pair_stats, stats["pairs"] if real else 0))
                 parts.append((run.weighted_mean({"loss": loss.item()}, n)["loss"], stats))
             step += 1
+            run.record_update(f"step {step}", bad)
             metrics = {"loss": sum(l for l, _ in parts) / len(parts)}
             for k in ("accuracy", "reward_margin", "reward_chosen", "reward_rejected", "logp_margin", "grad_norm"):
                 values = [s[k] for _, s in parts if k in s]  # grad_norm: on the step that syncs only
@@ -233,6 +239,6 @@ def train_dpo(cfg: DPOConfig, progress: bool = True) -> Path:
 
     def save_final(out: Path) -> None:
         save_model(accelerator, model, tokenizer, out, merge=True)
-        (out / "eval.json").write_text(json.dumps(final, indent=2) + "\n")
+        atomic_json(out / "eval.json", final)
 
     return run.finish(save_final)

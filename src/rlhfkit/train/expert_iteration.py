@@ -5,6 +5,7 @@ the model the last one trained (Anthony et al. 2017; the lecture's "iterated bes
 
   round-R.jsonl     the SFT data of round R: each prompt's winner exactly as it was sampled
   round-R/          the model after round R (an SFT run directory); the last one is the result
+  round-R.done      written last in round R (its summary row): a resumed run skips the round
   summary.json      per round: prompts, winners that ended with EOS, mean winner score
 """
 
@@ -17,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from rlhfkit.atomic import atomic_json
 from rlhfkit.config import ExpertIterationConfig, SFTConfig
 from rlhfkit.data import load_prompts, write_jsonl
 from rlhfkit.scoring import RewardFn, load_reward
@@ -43,7 +45,7 @@ def round_sft_config(cfg: ExpertIterationConfig, model: str, data: Path, out: Pa
 
 def expert_iteration(cfg: ExpertIterationConfig, prompts: list[str], reward_fn: RewardFn, *,
                      sample_seed: Callable[[int], int] | None = None, load_lm: Callable | None = None,
-                     progress: bool = True) -> Path:
+                     progress: bool = True, resume: bool = False) -> Path:
     """Run ``cfg.rounds`` rounds on ``prompts`` (round r takes the r-th block of ``cfg.prompts_per_round``);
     returns the last round's model folder.
 
@@ -54,6 +56,9 @@ def expert_iteration(cfg: ExpertIterationConfig, prompts: list[str], reward_fn: 
         sample_seed: round -> seed of that round's sampling stream (default: ``cfg.seed + 1000 * round``).
         load_lm: path -> causal LM to sample from (default: ``models.load_frozen_lm``).
         progress: show progress bars.
+        resume: continue a run killed part way: a round whose ``round-R.done`` exists is not rerun, the
+            round in progress is (its sampling is seeded, so it draws the same winners) and its SFT goes
+            on from its last checkpoint. Without it, earlier runs' round markers are removed first.
 
     Example::
 
@@ -71,7 +76,15 @@ def expert_iteration(cfg: ExpertIterationConfig, prompts: list[str], reward_fn: 
     out = Path(cfg.out)
     bf16 = cfg.mixed_precision == "bf16"
     model, summary = cfg.model, []
+    if not resume:
+        for stale in out.glob("round-*.done"):
+            stale.unlink()
     for r in range(1, cfg.rounds + 1):
+        done = out / f"round-{r}.done"
+        if resume and done.exists():
+            summary.append(json.loads(done.read_text()))
+            model = out / f"round-{r}"
+            continue
         chunk = prompts[(r - 1) * cfg.prompts_per_round : r * cfg.prompts_per_round]
         ro = sample_grouped(load_lm(model), load_tokenizer(model), chunk, cfg.n, generation_config(cfg), sample_seed(r), bf16,
                             f"expert iteration {r}: best-of-{cfg.n}", progress)
@@ -81,8 +94,12 @@ def expert_iteration(cfg: ExpertIterationConfig, prompts: list[str], reward_fn: 
         data = write_jsonl(out / f"round-{r}.jsonl", demos)
         summary.append({"round": r, "prompts": len(chunk), "finished_winners": sum(d.get("finished", True) for d in demos),
                         "winner_score": float(np.mean([row["penalised_scores"][row["best"]] for row in rows]))})
-        model = train_sft(round_sft_config(cfg, str(model), data, out / f"round-{r}", r), progress=progress)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        sft_cfg = round_sft_config(cfg, str(model), data, out / f"round-{r}", r)
+        if resume and any((out / f"round-{r}").glob("checkpoint-*")):
+            sft_cfg.resume = sft_cfg.out
+        model = train_sft(sft_cfg, progress=progress)
+        atomic_json(done, summary[-1])
+    atomic_json(out / "summary.json", summary)
     return Path(model)
 
 

@@ -71,7 +71,7 @@ class GRPOTrainer(ReinforceTrainer):
         within = torch.arange(K)
         sums: dict[str, float] = {}
         n = 0
-        for _ in range(cfg.grpo_epochs):
+        for epoch in range(cfg.grpo_epochs):
             order = torch.randperm(groups, generator=self.generator)
             for i in range(0, groups, per):
                 rows = (order[i : i + per, None] * K + within).flatten().to(mask.device)
@@ -90,6 +90,8 @@ class GRPOTrainer(ReinforceTrainer):
                     if cfg.mle_coef > 0:
                         loss = loss + cfg.mle_coef * mle
                     step.update(mle_loss=mle.item(), mle_logp=-mle.item())
+                if not self.run.finite(f"step {self.step_count + 1} (epoch {epoch + 1}, minibatch {i // per + 1})", loss=loss):
+                    continue  # no update on this minibatch
                 acc.backward(loss)
                 if cfg.max_grad_norm:
                     step["grad_norm"] = float(acc.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm))
@@ -111,6 +113,8 @@ class GRPOTrainer(ReinforceTrainer):
         timer = Timer()
         # 1. sample  2. score (the KL term is in the loss, not in the reward)
         prompts, ro, scores, old_logp, ref_logp = self.rollout(timer)
+        if (skipped := self.skip_nonfinite(scores, timer)) is not None:
+            return skipped
         # 3. group-normalised advantages: each response against its prompt's other responses
         advantages = ops.grpo_advantages(scores.view(-1, K), cfg.adv_eps, cfg.scale_rewards).flatten()
         with timer("time_grad_variance"):

@@ -14,7 +14,6 @@ Ouyang et al. 2022), which keeps the policy close to the demonstrations it was f
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Callable
@@ -23,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlhfkit import ops
+from rlhfkit.atomic import atomic_json, atomic_path
 from rlhfkit.config import PPOConfig
 from rlhfkit.data import load_prompts, load_sft
 from rlhfkit.forward import autocast_context, forward_response, prompt_format
@@ -123,12 +123,16 @@ class PPOTrainer:
                                         batch_size=cfg.batch_size, system_prompt=cfg.system_prompt,
                                         chat_template=cfg.chat_template)
         self.bf16 = cfg.mixed_precision == "bf16"
+        self.stopped: dict | None = None  # {reason, saved} of a run resumed after it had stopped at max_kl
         self.step_count = self.run.track(self.optimizer, batches=self.batches, generator=self.generator,
                                          save=lambda ckpt: self._save_model(ckpt / "model", ckpt, merge=False))
         if self.run.resumed:
             self.kl_ctl.value = self.run.resumed["kl_coef"]
             if self.ptx_batches is not None:
                 self.ptx_batches.load(self.run.resumed["ptx_data"])
+            if self.run.resumed.get("kl_snapshot") is not None:
+                self._last_within_budget = self.run.resumed["kl_snapshot"]
+            self.stopped = self.run.resumed.get("stopped")
 
     # ---- the pieces of one iteration ------------------------------------------------------------
 
@@ -191,6 +195,9 @@ class PPOTrainer:
             if cfg.missing_eos_penalty:
                 scores = scores - cfg.missing_eos_penalty * (~ro.ended).float()
             gold = as_scores(self.gold_fn(prompts, ro.responses), len(prompts)) if self.gold_fn else None
+        if not self.run.finite(f"step {self.step_count + 1}", reward=scores):
+            self.step_count += 1  # the batch is used up, no update made on it
+            return {"metrics": {}, "timings": timer.t, "skipped": True}
         with timer("time_ref_values"):
             old_logp, old_values, ref_logp = self.score_logprobs_values(ro)
         # KL to the reference (nats per sequence), both estimators, of the policy that drew this batch
@@ -269,6 +276,8 @@ class PPOTrainer:
                     ptx_loss = self.ptx_loss()
                     loss = loss + cfg.ptx_coef * ptx_loss
                     sums["ptx_loss"] = sums.get("ptx_loss", 0.0) + float(ptx_loss.detach())
+                if not self.run.finite(f"step {self.step_count + 1} (epoch {epoch + 1}, minibatch {i // mb + 1})", loss=loss):
+                    continue  # no update on this minibatch
                 acc.backward(loss)
                 if cfg.max_grad_norm:
                     acc.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
@@ -305,8 +314,12 @@ class PPOTrainer:
         logp = forward_response(self.policy, *batch[:4], with_values=True)["logprobs"].float()
         return ops.mle_loss(logp, batch[4], "token")
 
-    def _ptx_state(self) -> dict:
-        return {"ptx_data": self.ptx_batches.state() if self.ptx_batches is not None else None}
+    def _extra_state(self, stopped: dict | None = None) -> dict:
+        """What a checkpoint holds besides TrainingRun's: the reference pairs' position; with max_kl the
+        snapshot of pi_old's weights (a run resumed right before a max_kl stop goes back to them, as one
+        that never stopped does); ``stopped``: why and with which policy a run stopped at max_kl."""
+        return {"ptx_data": self.ptx_batches.state() if self.ptx_batches is not None else None,
+                "kl_snapshot": getattr(self, "_last_within_budget", None), "stopped": stopped}
 
     def _snapshot_policy(self, kl: float) -> None:
         """Keep pi_old's trainable weights (on the CPU) and its measured KL: if the next batch shows the
@@ -339,7 +352,8 @@ class PPOTrainer:
         """The policy LM (``from_pretrained``-loadable; a LoRA model merged when ``merge``, else an adapter
         folder) and the value head, value_head.safetensors in ``head_dir``."""
         save_model(self.accelerator, self.unwrapped.lm, self.tokenizer, lm_dir, merge=merge)
-        save_file({k: v.contiguous() for k, v in self.unwrapped.value_head.state_dict().items()}, str(head_dir / "value_head.safetensors"))
+        with atomic_path(head_dir / "value_head.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in self.unwrapped.value_head.state_dict().items()}, str(tmp))
 
     # ---- the loop -----------------------------------------------------------------------------------
 
@@ -355,9 +369,13 @@ class PPOTrainer:
         saved = None
         with run.loop(cfg.steps, model=cfg.model, reward=cfg.reward_model or cfg.reward_fn, prompts=cfg.prompts,
                       prompt_format=prompt_format(self.tokenizer, cfg.chat_template)):
-            while self.step_count < cfg.steps:
+            while self.step_count < cfg.steps and self.stopped is None:
                 res = self.step()
                 m = res["metrics"]
+                if res.get("skipped"):  # a non-finite reward (run.finite warned): nothing to log
+                    run.advance("update skipped: non-finite reward")
+                    run.maybe_checkpoint(self.step_count, kl_coef=self.kl_ctl.value, **self._extra_state())
+                    continue
                 info = f"score {m['score']:+.3f}  KL {m['kl_k1']:.2f}"
                 if "gold" in m:
                     info += f"  gold {m['gold']:+.3f}"
@@ -378,19 +396,22 @@ class PPOTrainer:
                     break
                 run.log(self.step_count, m, res["timings"])
                 run.advance(info)
-                run.maybe_checkpoint(self.step_count, kl_coef=self.kl_ctl.value, **self._ptx_state())
+                run.maybe_checkpoint(self.step_count, kl_coef=self.kl_ctl.value, **self._extra_state())
                 if on_step is not None:
                     on_step(self)
+        if self.stopped is not None:  # resumed from the checkpoint of a run that had stopped at max_kl
+            stop_reason, saved = self.stopped["reason"], self.stopped["saved"]
         if saved is None:
             saved = {"policy_after_update": self.step_count, "kl_k1": None, "kl_measured": False,
                      "note": "the policy after the last update; its KL was not measured (the last measured KL, "
                              "in metrics.jsonl, is that of the policy before it)"}
-        run.maybe_checkpoint(self.step_count, last=True, kl_coef=self.kl_ctl.value, **self._ptx_state())  # a run stopped by max_kl
+        stopped = {"reason": stop_reason, "saved": saved} if stop_reason != "steps" else None
+        run.maybe_checkpoint(self.step_count, last=True, kl_coef=self.kl_ctl.value, **self._extra_state(stopped))  # a run stopped by max_kl
 
         def save_final(out: Path) -> None:
             self._save_model(out, out, merge=True)
             summary = {"steps": self.step_count, "stopped": stop_reason, "saved": saved}
-            (out / "ppo_summary.json").write_text(json.dumps(summary) + "\n")
+            atomic_json(out / "ppo_summary.json", summary, indent=None)
 
         return run.finish(save_final)
 

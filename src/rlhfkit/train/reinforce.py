@@ -210,14 +210,16 @@ class ReinforceTrainer:
         cfg, acc = self.cfg, self.accelerator
         B, mb = len(ro), whole_groups(max(1, cfg.minibatch_size), cfg.samples_per_prompt)
         mask = ro.response_mask.float()
-        pg_loss, ent_sum = 0.0, 0.0
+        pg_loss, ent_sum, bad = 0.0, 0.0, []
         for i in range(0, B, mb):
             j = slice(i, i + mb)
             out = forward_response(self.policy, ro.prompt_ids[j], ro.prompt_mask[j], ro.response_ids[j], ro.response_mask[j],
                                    temperature=cfg.temperature, with_entropy=True, share_prompts=True)
             part = ops.reinforce_loss(out["logprobs"].float(), mask[j], advantages[j])
             n = mask[j].shape[0]
-            acc.backward(part * n / B)  # the minibatches' parts add up to the mean over the batch
+            bad = bad or self.run.nonfinite(loss=part)
+            if not bad:  # a non-finite part: no update this step
+                acc.backward(part * n / B)  # the minibatches' parts add up to the mean over the batch
             pg_loss += part.item() * n / B
             ent_sum += float((out["entropy"] * mask[j]).sum())
         stats = {"pg_loss": pg_loss, "entropy": ent_sum / max(float(mask.sum()), 1.0)}
@@ -225,12 +227,15 @@ class ReinforceTrainer:
         if self.mle_batches is not None:
             mle = self.mle_term()
             if cfg.mle_coef > 0:
-                acc.backward(cfg.mle_coef * mle)
+                bad = bad or self.run.nonfinite(mle_loss=mle)
+                if not bad:
+                    acc.backward(cfg.mle_coef * mle)
                 loss += cfg.mle_coef * mle.item()
             stats.update(mle_loss=mle.item(), mle_logp=-mle.item())
-        if cfg.max_grad_norm:
+        if cfg.max_grad_norm and not bad:
             stats["grad_norm"] = float(acc.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm))
-        self.optimizer.step()
+        if self.run.record_update(f"step {self.step_count + 1}", bad):
+            self.optimizer.step()
         self.optimizer.zero_grad()
         stats["loss"] = loss
         return stats
@@ -265,6 +270,14 @@ class ReinforceTrainer:
         # the sampling log-probs are the policy's at the sampling temperature: no second policy pass
         return prompts, ro, scores, ro.logprobs.float() * mask, ref_logp
 
+    def skip_nonfinite(self, scores: torch.Tensor, timer: Timer) -> dict | None:
+        """When a reward of the batch is NaN or infinite (``TrainingRun.finite`` warns, and stops the run
+        after max_nonfinite_steps in a row): the step's result, no update made, the batch used up."""
+        if self.run.finite(f"step {self.step_count + 1}", reward=scores):
+            return None
+        self.step_count += 1
+        return {"metrics": {}, "timings": timer.t, "skipped": True}
+
     def sample_metrics(self, ro: Rollout, scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor) -> dict:
         """What every sampled method logs of a batch: the score, KL to the reference (k1 and k3, nats per
         sequence), the KL coefficient, response length and EOS rate."""
@@ -283,6 +296,8 @@ class ReinforceTrainer:
         timer = Timer()
         # 1. sample  2. score
         prompts, ro, scores, logp, ref_logp = self.rollout(timer)
+        if (skipped := self.skip_nonfinite(scores, timer)) is not None:
+            return skipped
         mask = ro.response_mask.float()
         # the KL penalty to the reference inside the sequence reward
         rewards = ops.kl_penalized_scores(scores, logp, ref_logp, mask, cfg.kl_coef, cfg.kl_penalty)
@@ -324,6 +339,10 @@ class ReinforceTrainer:
             while self.step_count < cfg.steps:
                 # equal shares: each process's batch metrics weigh the same
                 m = run.weighted_mean((res := self.step())["metrics"], 1.0)
+                if res.get("skipped"):  # a non-finite reward (run.finite warned): nothing to log
+                    run.advance("update skipped: non-finite reward")
+                    run.maybe_checkpoint(self.step_count, **self._state())
+                    continue
                 run.log(self.step_count, m, res["timings"])
                 info = f"score {m['score']:+.3f}  KL {m['kl_k1']:.2f}"
                 if "pg_grad_variance" in m:

@@ -8,13 +8,13 @@ separate batches).
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 from rlhfkit import ops
+from rlhfkit.atomic import atomic_files, atomic_json
 from rlhfkit.config import RewardConfig
 from rlhfkit.data import Preference, load_preferences, read_jsonl
 from rlhfkit.models import RewardModel, load_tokenizer
@@ -180,7 +180,7 @@ def train_reward(cfg: RewardConfig, progress: bool = True, member: int | None = 
                   **({} if member is None else {"member": member, "bootstrap": cfg.bootstrap, "order_seed": order_seed})):
         while step < total:
             timer = Timer()
-            losses, accs = [], []
+            losses, accs, bad = [], [], []
             for _ in range(cfg.grad_accum):
                 idx, real = run.share(batches.next())
                 chunk = [train_groups[i] for i in idx]
@@ -188,9 +188,11 @@ def train_reward(cfg: RewardConfig, progress: bool = True, member: int | None = 
                     loss, acc, gap = batch_loss(rm, tokenizer, chunk, cfg, cfg.use_margin, accelerator.device)
                     # each prompt of the global batch weighs the same, however they fall on processes
                     n = len(chunk) if real else 0
-                    accelerator.backward(loss * run.share_weight(n))
-                    optimizer.step()
-                    scheduler.step()
+                    bad = bad or run.nonfinite(loss=loss)
+                    if not bad:  # a non-finite loss in any micro-batch: no update for the whole step
+                        accelerator.backward(loss * run.share_weight(n))
+                        optimizer.step()
+                        scheduler.step()
                     optimizer.zero_grad()
                 # accuracy and gap are per pair: weighted by pairs
                 losses.append(run.weighted_mean({"loss": loss.item()}, n)["loss"])
@@ -198,6 +200,7 @@ def train_reward(cfg: RewardConfig, progress: bool = True, member: int | None = 
                 accs.append(m["accuracy"])
                 gap = m["gap"]
             step += 1
+            run.record_update(f"step {step}", bad)
             metrics = {"loss": sum(losses) / len(losses), "accuracy": sum(accs) / len(accs), "gap": gap, "lr": scheduler.get_last_lr()[0]}
             # held-out eval on a schedule of the step number alone (not "and at the last step"), so that a run
             # stopped at step k and resumed logs the same metrics.jsonl as one that never stopped; the final
@@ -227,7 +230,8 @@ def train_reward(cfg: RewardConfig, progress: bool = True, member: int | None = 
                                                          cfg.eval_samples, cfg.eval_gold)
 
     def save_final(out: Path) -> None:
-        inner.save_pretrained(out, tokenizer)
-        (out / "eval.json").write_text(json.dumps(final, indent=2) + "\n")
+        with atomic_files(out) as tmp:  # each file whole, eval.json last
+            inner.save_pretrained(tmp, tokenizer)
+        atomic_json(out / "eval.json", final)
 
     return run.finish(save_final)

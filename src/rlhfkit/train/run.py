@@ -5,16 +5,35 @@ progress bar, periodic checkpoints with the full trainer state, and the final sa
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from rlhfkit.atomic import atomic_dir, crash_point
 from rlhfkit.train.common import (
     Batches, MetricsLog, latest_checkpoint, load_trainer_state, lora_settings, make_accelerator, progress_bar,
     rng_state, save_trainer_state, seed_everything, set_rng_state, write_run_info,
 )
+
+
+class NonFiniteError(ValueError):
+    """Too many training steps in a row had a non-finite loss or reward (``max_nonfinite_steps``), or the
+    weights went non-finite: the run stops rather than train on, or save, garbage."""
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """A training step with a non-finite loss or reward was skipped (no update made)."""
+
+
+def _all_finite(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return bool(torch.isfinite(value.detach()).all())
+    if isinstance(value, (list, tuple)):
+        return all(_all_finite(v) for v in value)
+    return math.isfinite(float(value))
 
 
 def total_steps(cfg, n_items: int, processes: int = 1) -> int:
@@ -73,6 +92,7 @@ class TrainingRun:
         self._tracked: dict = {}
         self._save: Callable[[Path], None] | None = None
         self._saved_step: int | None = None
+        self.nonfinite_in_a_row = 0  # updates skipped for a non-finite loss or reward since the last one made
         self.metrics: MetricsLog | None = None
         self._bar = self._task = None
 
@@ -161,6 +181,7 @@ class TrainingRun:
         ok = per_process is not None and len(per_process) == self.processes
         set_rng_state(per_process[self.accelerator.process_index] if ok else st["rng"], generator)
         self.resumed, self.step = st, st["step"]
+        self.nonfinite_in_a_row = st.get("nonfinite_in_a_row", 0)
         self._saved_step = self.step  # the checkpoint we resumed from holds this step already
         return self.step
 
@@ -180,6 +201,49 @@ class TrainingRun:
         finally:
             self.metrics.close()
 
+    # ---- non-finite losses and rewards: skip the update, stop after max_nonfinite_steps in a row ------------
+
+    def nonfinite(self, **values) -> list[str]:
+        """The names of ``values`` (losses, rewards: numbers or tensors) holding a NaN or an infinity; with
+        several processes, non-empty on every process when any has one (they must skip the same updates,
+        or DDP's all-reduce in the next backward pass waits forever)."""
+        bad = [k for k, v in values.items() if not _all_finite(v)]
+        if self.processes > 1 and self.sum(float(bool(bad))) > 0 and not bad:
+            bad = [f"{', '.join(values)} on another process"]
+        return bad
+
+    def record_update(self, where: str, bad: list[str]) -> bool:
+        """After ``nonfinite``: True (and the count of skipped updates back to 0) when ``bad`` is empty;
+        else warn naming ``where`` (the step) and what was not finite, count one more skipped update, and
+        raise ``NonFiniteError`` when ``cfg.max_nonfinite_steps`` were skipped in a row. False: make no
+        update (the caller drops its gradients)."""
+        if not bad:
+            self.nonfinite_in_a_row = 0
+            return True
+        self.nonfinite_in_a_row += 1
+        limit = getattr(self.cfg, "max_nonfinite_steps", 3)
+        if limit and self.nonfinite_in_a_row >= limit:
+            raise NonFiniteError(f"{self.out}: {self.name} stopped at {where}: non-finite {', '.join(bad)} in "
+                                 f"{self.nonfinite_in_a_row} updates in a row (max_nonfinite_steps {limit}); the last "
+                                 f"checkpoint holds finite weights. A lower learning rate, gradient clipping or a "
+                                 f"check of the reward for NaN/inf may help.")
+        warnings.warn(f"{self.out}: {self.name} {where}: non-finite {', '.join(bad)}; update skipped "
+                      f"({self.nonfinite_in_a_row} in a row, the run stops at {limit})", NonFiniteWarning, stacklevel=2)
+        return False
+
+    def finite(self, where: str, **values) -> bool:
+        """``record_update(where, nonfinite(**values))``: True when the update may go ahead."""
+        return self.record_update(where, self.nonfinite(**values))
+
+    def _check_weights(self, what: str) -> None:
+        """Refuse to write ``what`` when a trained weight (the tracked optimiser's parameters) is not finite."""
+        opt = self._tracked.get("optimizer")
+        if opt is None:
+            return
+        if not all(bool(torch.isfinite(p).all()) for g in opt.param_groups for p in g["params"]):
+            raise NonFiniteError(f"{self.out}: the weights hold NaN or infinite values; {what} not written "
+                                 f"(the earlier checkpoints are untouched)")
+
     def log(self, step: int, metrics: dict, timings: dict | None = None, always: bool = False) -> None:
         """Append to metrics.jsonl (and timings.jsonl) every ``cfg.log_every`` steps and at the last one,
         or now when ``always``."""
@@ -196,8 +260,11 @@ class TrainingRun:
         ``resume``; never twice for one step. ``extra``: more trainer state (PPO's ``kl_coef``)."""
         every = getattr(self.cfg, "save_every", 0)
         if not every or step == self._saved_step or not (step % every == 0 or step == self.total or last):
+            crash_point(f"step:{self.out}:{step}")
             return None
-        return self.checkpoint(step, **extra)
+        ckpt = self.checkpoint(step, **extra)
+        crash_point(f"step:{self.out}:{step}")  # where the kill -9 tests stop a run between steps
+        return ckpt
 
     def checkpoint(self, step: int, **extra) -> Path:
         """``checkpoint-{step}``: the model (``track``'s ``save``) and trainer_state.pt (step, optimiser,
@@ -208,22 +275,27 @@ class TrainingRun:
             from accelerate.utils import gather_object
 
             rngs = gather_object(rngs)
+        self._check_weights(ckpt.name)
         if self.is_main:
             t = self._tracked
-            if self._save is not None:
-                self._save(ckpt)
-            state = {"step": step, "optimizer": t["optimizer"].state_dict()}
-            if t["scheduler"] is not None:
-                state["scheduler"] = t["scheduler"].state_dict()
-            if t["batches"] is not None:
-                state["data"] = t["batches"].state()
-            save_trainer_state(ckpt, {**state, "rng": rngs[0], "rng_processes": rngs, **extra})
+            # filled under a temporary name, renamed when whole: a checkpoint-N folder is always complete
+            with atomic_dir(ckpt) as tmp:
+                if self._save is not None:
+                    self._save(tmp)
+                crash_point(f"checkpoint-half:{ckpt}")
+                state = {"step": step, "optimizer": t["optimizer"].state_dict(), "nonfinite_in_a_row": self.nonfinite_in_a_row}
+                if t["scheduler"] is not None:
+                    state["scheduler"] = t["scheduler"].state_dict()
+                if t["batches"] is not None:
+                    state["data"] = t["batches"].state()
+                save_trainer_state(tmp, {**state, "rng": rngs[0], "rng_processes": rngs, **extra})
         self._saved_step = step
         return ckpt
 
     def finish(self, save: Callable[[Path], None]) -> Path:
         """``save(out)`` writes the final model on the main process; every process waits for it.
         Returns the run directory."""
+        self._check_weights(f"the final model in {self.out}")
         if self.is_main:
             save(self.out)
         self.accelerator.wait_for_everyone()

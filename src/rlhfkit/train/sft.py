@@ -140,7 +140,7 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
                   prompt_format=prompt_format(tokenizer, cfg.chat_template)):
         while step < total:
             timer = Timer()
-            losses, tokens = [], 0
+            losses, tokens, bad = [], 0, []
             for _ in range(cfg.grad_accum):
                 idx, real = run.share(batches.next())
                 with timer("data"):
@@ -149,13 +149,16 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> Path:
                 n_loss = float(batch[4].sum()) if real else 0.0
                 with accelerator.accumulate(model), timer("update"):
                     loss = sft_loss(model, batch)
-                    accelerator.backward(loss * run.share_weight(n_loss))
-                    optimizer.step()
-                    scheduler.step()
+                    bad = bad or run.nonfinite(loss=loss)
+                    if not bad:  # a non-finite loss in any micro-batch: no update for the whole step
+                        accelerator.backward(loss * run.share_weight(n_loss))
+                        optimizer.step()
+                        scheduler.step()
                     optimizer.zero_grad()
                 losses.append(run.weighted_mean({"loss": loss.item()}, n_loss)["loss"])
                 tokens += int(run.sum(int(batch[3].sum()) if real else 0))
             step += 1
+            run.record_update(f"step {step}", bad)
             metrics = {"loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0], "epoch": batches.epoch + batches.pos / len(examples), "tokens": tokens}
             run.log(step, metrics, {**timer.t, "tokens_per_s": tokens / max(sum(timer.t.values()), 1e-9)})
             run.advance(f"loss {metrics['loss']:.3f}")
