@@ -168,6 +168,24 @@ def test_lock_backs_off_and_expires(sqlite_url):
     engine.dispose()
 
 
+def test_a_burst_of_concurrent_guesses_gets_no_more_than_the_limit(db_url):
+    """20 guesses at one account at the same moment: only the first 5 reach the password check."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rlhfkit.feedback.service import throttle
+
+    engine = make_engine(db_url)
+    migrate(engine)
+    pol = LoginPolicy(account_failures=5)
+    keys = throttle.login_keys("ann", None)
+    try:
+        with ThreadPoolExecutor(20) as ex:
+            waits = list(ex.map(lambda _: throttle.begin_attempt(engine, keys, pol), range(20)))
+        assert waits.count(None) == 5 and all(w and w > 0 for w in waits if w is not None)
+    finally:
+        engine.dispose()
+
+
 def test_minimum_password_length(app, engine, tmp_path):
     with pytest.raises(svc.Invalid, match="at least 10 characters"):
         svc.create_user(engine, "ann", "annotator", "123456789")
