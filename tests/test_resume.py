@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from rlhfkit.cli import app
@@ -197,3 +198,44 @@ def test_a_stage_that_runs_again_unmarks_itself_and_the_later_stages(tmp_path):
     assert not stale.exists()  # a fresh start: an earlier run's checkpoint would mislead a later resume
     (run / "reward" / "checkpoint-2").mkdir()
     assert start_stage(run, "reward", [], resume=True) == run / "reward"
+
+
+class Killed(BaseException):
+    """What a crash point raises in these in-process tests instead of SIGKILL (nothing catches it)."""
+
+
+@pytest.mark.parametrize("save_every", [1, 1000])
+def test_ppo_resumed_after_its_max_kl_stop_saves_what_an_uninterrupted_run_saves(tmp_path, good_bad_sft, prompts_file,
+                                                                                  monkeypatch, save_every):
+    """Killed while writing its final model after a max_kl stop, PPO resumes from its last checkpoint.
+    save_every 1: that checkpoint holds pi_s, over the budget; the run goes back to pi_{s-1} only if the
+    checkpoint kept it (before: "the previous policy was not kept across the resume", pi_s saved).
+    save_every 1000: the stop's own checkpoint; the resumed run must stay stopped (before: it trained on)."""
+    from safetensors.torch import load_file
+
+    from rlhfkit.config import PPOConfig
+    from rlhfkit.train.ppo import train_ppo
+    from toy import good_fraction
+
+    def run(out, **kw):
+        cfg = PPOConfig(model=str(good_bad_sft), prompts=str(prompts_file), out=str(out), steps=30, batch_size=8,
+                        minibatch_size=4, ppo_epochs=2, lr=1e-2, init_kl_coef=0.0, max_kl=0.5, save_every=save_every,
+                        max_new_tokens=8, mixed_precision="no", **kw)
+        return train_ppo(cfg, reward_fn=good_fraction, progress=False)
+
+    def kill(*_):
+        raise Killed
+
+    a = run(tmp_path / "a")
+    summary = (a / "ppo_summary.json").read_text()
+    assert "passed max_kl" in summary
+    monkeypatch.setenv("RLHFKIT_CRASH_AT", "before-rename:*/b/model.safetensors")
+    monkeypatch.setattr(os, "kill", kill)
+    with pytest.raises(Killed):
+        run(tmp_path / "b")
+    monkeypatch.delenv("RLHFKIT_CRASH_AT")
+    b = run(tmp_path / "b", resume=str(tmp_path / "b"))
+    assert (b / "ppo_summary.json").read_text() == summary
+    for name in ("model.safetensors", "value_head.safetensors"):
+        wa, wb = load_file(str(a / name)), load_file(str(b / name))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
