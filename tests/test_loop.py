@@ -92,8 +92,9 @@ def _annotator(engine, name="ann"):
     return u
 
 
-def _label_in_background(engine, user, stop: threading.Event) -> threading.Thread:
-    """A person in the app: takes the next task through the service layer and ranks it by the share of 'good'."""
+def _label_in_background(engine, user, stop: threading.Event, seen: list | None = None) -> threading.Thread:
+    """A person in the app: takes the next task through the service layer and ranks it by the share of 'good'
+    (the tasks it is shown, in order, go to ``seen``)."""
     from sqlalchemy.orm import Session
 
     from rlhfkit.feedback import service as svc
@@ -108,6 +109,8 @@ def _label_in_background(engine, user, stop: threading.Event) -> threading.Threa
             with Session(engine) as s:
                 task = s.get(Task, a.task_id)
                 good = {r.id: sum(w == "good" for w in r.text.split()) / max(len(r.text.split()), 1) for r in task.responses}
+            if seen is not None:
+                seen.append(a.task_id)
             tiers = [[rid] for rid in sorted(good, key=lambda i: -good[i])]
             svc.submit_label(engine, user, a.task_id, {"tiers": tiers})
 
@@ -116,34 +119,49 @@ def _label_in_background(engine, user, stop: threading.Event) -> threading.Threa
     return t
 
 
-def _app_cfg(tmp_path, sft, db, **kw):
+def _app_cfg(tmp_path, sft, db, reward=None, **kw):
     (tmp_path / "cheap").mkdir()
-    cheap = toy_pipeline(tmp_path / "cheap", reward={"max_steps": 2, "lr": 1e-3, "batch_size": 4, "eval_fraction": 0.0},
+    cheap = toy_pipeline(tmp_path / "cheap", reward={"max_steps": 2, "lr": 1e-3, "batch_size": 4, "eval_fraction": 0.0, **(reward or {})},
                          rloo={"steps": 1, "batch_size": 4, "samples_per_prompt": 2, "lr": 1e-3})
-    return loop_cfg(tmp_path, sft, pipeline_config=str(cheap), rounds=1, prefs_per_round=4, eval_prompts=2, eval_samples=2,
-                    feedback_db=db, poll=0.05, **kw)
+    return loop_cfg(tmp_path, sft, **{**dict(pipeline_config=str(cheap), rounds=1, prefs_per_round=4, eval_prompts=2,
+                                             eval_samples=2, feedback_db=db, poll=0.05), **kw})
 
 
-def test_app_mode_creates_tasks_and_goes_on_when_the_labels_are_in(tmp_path, good_bad_sft):
-    from rlhfkit.feedback import service as svc
+@pytest.fixture(scope="module")
+def app_run(tmp_path_factory, good_bad_sft):
+    """One loop run in app mode shared by the tests below: 2 rounds, a person labelling in the background, an
+    ensemble of 2 reward models and active learning (round 2 labels the 4 of 8 candidate groups the round-1
+    ensemble disagrees on most); smoke sizes."""
     from rlhfkit.feedback.app import create_app
     from rlhfkit.loop import run_loop
 
+    tmp_path = tmp_path_factory.mktemp("loop_app")
     db = f"sqlite:///{tmp_path / 'feedback.db'}"
     app = create_app(db)
     engine = app.state.engine
-    user, stop = _annotator(engine), threading.Event()
-    worker = _label_in_background(engine, user, stop)
+    user, stop, seen = _annotator(engine), threading.Event(), []
+    worker = _label_in_background(engine, user, stop, seen)
     try:
-        res = run_loop(_app_cfg(tmp_path, good_bad_sft, db, timeout=120.0), progress=False, echo=print)
+        res = run_loop(_app_cfg(tmp_path, good_bad_sft, db, reward={"ensemble": 2}, rounds=2, timeout=120.0,
+                                active_learning=True, pool_factor=2), progress=False, echo=print)
     finally:
         stop.set()
         worker.join(5)
-    new = [json.loads(l) for l in (tmp_path / "loop" / "round-1" / "new_preferences.jsonl").read_text().splitlines()]
-    assert new and all(r["annotator"] == "ann" and r["round"] == 1 for r in new)  # people's pairs, not the panel's
-    assert res["rounds"][1]["new_preferences"] == len(new)
+    yield {"app": app, "engine": engine, "res": res, "out": tmp_path / "loop", "seen": seen}
+    engine.dispose()
+
+
+def test_app_mode_creates_tasks_and_goes_on_when_the_labels_are_in(app_run):
+    from rlhfkit.feedback import service as svc
+
+    app, engine, res, out = app_run["app"], app_run["engine"], app_run["res"], app_run["out"]
+    for r in (1, 2):
+        new = [json.loads(l) for l in (out / f"round-{r}" / "new_preferences.jsonl").read_text().splitlines()]
+        assert new and all(x["annotator"] == "ann" and x["round"] == r for x in new)  # people's pairs, not the panel's
+        assert res["rounds"][r]["new_preferences"] == len(new)
+    assert res["rounds"][2]["preferences_trained_on"] == res["rounds"][1]["new_preferences"] + res["rounds"][2]["new_preferences"]
     state = svc.get_loop_state(engine)
-    assert state["status"] == "done" and state["round"] == 1 and len(state["curves"]) == 2
+    assert state["status"] == "done" and state["round"] == 2 and len(state["curves"]) == 3
     assert state["labels"] == "feedback app"
     # the admin page shows the loop's state, to admins only
     from feedback.conftest import Client, add_user
@@ -152,10 +170,49 @@ def test_app_mode_creates_tasks_and_goes_on_when_the_labels_are_in(tmp_path, goo
     admin = Client(app, "boss")
     page = admin.get("/admin/loop")
     assert page.status_code == 200 and 'http-equiv="refresh"' in page.text
-    assert 'id="loop-round">1 / 1<' in page.text and 'id="loop-status">done<' in page.text and "<polyline" in page.text
-    assert admin.get("/admin/loop.json").json()["state"]["curves"][1]["gold"] == pytest.approx(res["rounds"][1]["gold"])
+    assert 'id="loop-round">2 / 2<' in page.text and 'id="loop-status">done<' in page.text and "<polyline" in page.text
+    assert admin.get("/admin/loop.json").json()["state"]["curves"][2]["gold"] == pytest.approx(res["rounds"][2]["gold"])
     assert Client(app, "ann").get("/admin/loop.json").status_code == 403
-    app.state.engine.dispose()
+
+
+def _disagreement(scorer, prompt: str, responses: list[str]) -> float:
+    """The mean over the group's pairs of the std over members of the score gap, recomputed in numpy from
+    each member's scores (not through rank_by_disagreement)."""
+    import itertools
+
+    import numpy as np
+
+    s = scorer.member_scores([prompt] * len(responses), responses).double().numpy()
+    return float(np.mean([np.std(s[i] - s[j]) for i, j in itertools.combinations(range(len(responses)), 2)]))
+
+
+def test_active_learning_shows_the_most_disagreed_groups_first(app_run):
+    """Round 2 draws 8 candidate groups from pi_1; the app gets the 4 the round-1 ensemble disagrees on most,
+    most-disagreed first, and the person is shown them in that order."""
+    from sqlalchemy.orm import Session
+
+    from rlhfkit.feedback.db import Task
+    from rlhfkit.scoring import EnsembleScorer
+
+    out = app_run["out"]
+    assert not (out / "round-1" / "candidates.jsonl").exists()  # round 1 has no ensemble yet: no choice made
+    pool = [json.loads(l) for l in (out / "round-2" / "candidates.jsonl").read_text().splitlines()]
+    assert len(pool) == 8 and sum(c["labelled"] for c in pool) == 4
+    ensemble = EnsembleScorer.load(out / "round-1" / "reward", center=True)
+    for c in pool:
+        assert c["disagreement"] == pytest.approx(_disagreement(ensemble, c["prompt"], c["responses"]), rel=1e-4, abs=1e-6)
+    ranked = sorted(pool, key=lambda c: c["rank"])
+    values = [c["disagreement"] for c in ranked]
+    print("round-2 candidates' disagreement, most first:", [round(v, 4) for v in values])
+    assert values == sorted(values, reverse=True) and values[0] > values[-1]  # not all alike: the order means something
+    assert all(c["labelled"] == (c["rank"] < 4) for c in pool)
+    with Session(app_run["engine"]) as s:
+        tasks = {t.id: t for t in s.query(Task).all()}
+        by_round = {r: sorted(i for i, t in tasks.items() if t.meta["loop_round"] == r) for r in (1, 2)}
+        created = [(tasks[i].prompt, [x.text for x in tasks[i].responses]) for i in by_round[2]]
+    assert created == [(c["prompt"], c["responses"]) for c in ranked[:4]]  # the most disagreed, in that order
+    shown = [i for i in app_run["seen"] if i in by_round[2]]
+    assert shown == by_round[2]  # the person labelled them most-disagreed first
 
 
 def test_app_mode_times_out_cleanly(tmp_path, good_bad_sft):

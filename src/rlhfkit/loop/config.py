@@ -40,5 +40,5 @@ class LoopConfig:
     timeout: float = opt(3600.0, "App: seconds to wait for a round's labels; then the loop stops cleanly (state 'timed_out', the rounds so far kept).")
     poll: float = opt(2.0, "App: seconds between counts of the labels in.")
     active_learning: bool = opt(False, "Label first the candidate groups the reward-model ensemble disagrees on most (needs an ensemble reward model: reward.ensemble >= 2 in the pipeline config); from rounds 2 on.")
-    pool_factor: int = opt(2, "Active learning: candidate groups sampled per group labelled; the most-disagreed prefs_per_round are kept (the app shows them most-disagreed first).")
+    pool_factor: int = opt(2, "Active learning: candidate groups sampled per group labelled; the most-disagreed prefs_per_round are kept (the app shows them most-disagreed first); round-N/candidates.jsonl lists the pool with each group's disagreement.")
     seed: int = opt(0, "Seed (0: the pipeline's).")

@@ -90,13 +90,14 @@ def load_scorer(path: Path, bf16: bool):
     return load(path, batch_size=64, bf16=bf16, center=True)
 
 
-def by_disagreement(scorer, prompts: list[str], groups: list[list[str]]) -> list[int]:
-    """Group indices, the ones the reward-model ensemble disagrees on most first
-    (``train.reward_ensemble.rank_by_disagreement``: the mean over a group's pairs of ``ops.pair_disagreement``)."""
+def by_disagreement(scorer, prompts: list[str], groups: list[list[str]]) -> tuple[list[int], list[float]]:
+    """(order, values): group indices, the ones the reward-model ensemble disagrees on most first, and each
+    group's disagreement (``train.reward_ensemble.rank_by_disagreement``: the mean over a group's pairs of
+    ``ops.pair_disagreement``)."""
     from rlhfkit.train.reward_ensemble import rank_by_disagreement
 
     try:
-        return rank_by_disagreement(scorer, prompts, groups)[0]
+        return rank_by_disagreement(scorer, prompts, groups)
     except ValueError as e:
         raise ValueError(f"active_learning: {e} (in the pipeline config: reward: {{ensemble: 3}})") from None
 
@@ -290,7 +291,13 @@ def _post(cfg: LoopConfig, ctx, sampler: Sampler, collector, r: int, policy: Pat
     prompts, groups = sampler(policy, (r - 1) * n, n, stream_seed(c.seed, f"loop:candidates:{r}"),
                               f"loop: round {r} candidates, {sampler.k} per prompt", lm=lm)
     if al:
-        order = by_disagreement(scorer, prompts, groups)[: cfg.prefs_per_round]
+        order, values = by_disagreement(scorer, prompts, groups)
+        rank = {i: n for n, i in enumerate(order)}
+        # the whole pool with each group's disagreement, so that what active learning chose can be checked
+        write_jsonl(ctx.run / f"round-{r}" / "candidates.jsonl",
+                    [{"prompt": p, "responses": g, "disagreement": v, "rank": rank[i], "labelled": rank[i] < cfg.prefs_per_round}
+                     for i, (p, g, v) in enumerate(zip(prompts, groups, values))])
+        order = order[: cfg.prefs_per_round]
         prompts, groups = [prompts[i] for i in order], [groups[i] for i in order]
     source = "sft" if r == 1 else f"policy_round{r - 1}"
     return collector.post(r, prompts, groups, [[source] * len(g) for g in groups])
