@@ -254,6 +254,46 @@ def test_security_headers_on_every_response(app, engine):
         assert h.get("referrer-policy") == "same-origin", where
 
 
+def _assert_security_headers(r) -> None:
+    h, where = r.headers, (r.request.method, r.request.url.path, r.status_code)
+    assert "frame-ancestors 'none'" in h.get("content-security-policy", ""), where
+    assert h.get("x-frame-options") == "DENY", where
+    assert h.get("x-content-type-options") == "nosniff", where
+    assert h.get("referrer-policy") == "same-origin", where
+
+
+def test_security_headers_on_500_413_and_503(sqlite_url, monkeypatch):
+    """Before: an unhandled exception's 500 comes from Starlette's ServerErrorMiddleware, outside
+    every middleware added with add_middleware, and had none of the headers."""
+    monkeypatch.setenv("RLHFKIT_FEEDBACK_MAX_BODY", "1000")
+    app = create_app(sqlite_url)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    @app.get("/busy")
+    def busy() -> None:
+        raise sa.exc.OperationalError("UPDATE ...", {}, Exception("database is locked"))
+
+    try:
+        c = TestClient(app, raise_server_exceptions=False, follow_redirects=False)
+        r = c.get("/boom")
+        assert r.status_code == 500
+        _assert_security_headers(r)
+        r = c.get("/busy")
+        assert r.status_code == 503 and r.headers["retry-after"]
+        _assert_security_headers(r)
+        r = c.post("/login", content=b"x" * 5000, headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 413
+        _assert_security_headers(r)
+        # the cookie still gets its flags from the outermost layer
+        r = TestClient(app, base_url="https://testserver").get("/login")
+        assert "; secure" in _cookie_flags(r)
+    finally:
+        app.state.engine.dispose()
+
+
 def test_docs_load_nothing_from_elsewhere(app, engine):
     add_user(engine, "root", "admin")
     r = Client(app, "root").get("/docs")

@@ -6,6 +6,7 @@ Each test runs on SQLite and PostgreSQL (see conftest.db_url) unless it is about
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sqlite3
 
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from rlhfkit.feedback import export as exp
 from rlhfkit.feedback import service as svc
-from rlhfkit.feedback.db import Assignment, Job, Label, Response, Task, write_session
+from rlhfkit.feedback.db import Assignment, Job, Label, Response, Task, Worker, write_session
 
 from .conftest import PAIRWISE_TASK, RANKING_TASK, RATING_TASK, Client, add_user, import_tasks
 
@@ -212,6 +213,28 @@ def test_chat_jobs_are_limited_and_model_names_checked(app, engine):
     r = c.post("/chat", {**form, "model": "tiny"})
     assert r.status_code == 429 and "pending" in r.text  # 4 jobs waiting: the limit
     assert _n(engine, Job) == 4
+
+
+def test_chat_page_offers_only_models_a_chat_may_ask_for(app, engine):
+    """Before: with no worker registered the page showed a free-text model field (value "tiny")
+    whose every submission got 422; a worker that had stopped made the page show that field
+    too, although its models were still accepted."""
+    add_user(engine, "ann")
+    c = Client(app, "ann")
+    page = c.get("/chat").text
+    assert 'name="model"' not in page and 'action="/chat"' not in page  # nothing to submit
+    assert "No model can answer yet" in page and "rlhfkit feedback worker --model" in page
+    svc.heartbeat(engine, "w1", ["tiny"])
+    page = c.get("/chat").text
+    assert '<input type="checkbox" name="model" value="tiny" checked>' in page
+    assert page.count('name="model"') == 1  # no free-text field next to it
+    assert "not running right now" not in page
+    with write_session(engine) as s, s.begin():  # the worker stopped 10 minutes ago
+        w = s.get(Worker, "w1")
+        w.heartbeat_at = w.heartbeat_at - dt.timedelta(minutes=10)
+    page = c.get("/chat").text
+    assert 'type="checkbox" name="model" value="tiny"' in page and "not running right now" in page
+    assert c.post("/chat", {"prompt": "hi", "model": "tiny", "num_samples": "2"}).status_code == 303
 
 
 # --------------------------------------------------------------------------- 9. re-sampling

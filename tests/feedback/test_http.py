@@ -488,7 +488,7 @@ def test_chat_then_worker_then_rank(app, engine):
 
     add_user(engine, "ann")
     c = Client(app, "ann")
-    assert "No model worker is running" in c.get("/chat").text
+    assert "No model can answer yet" in c.get("/chat").text  # and no form: no model to ask
     svc.heartbeat(engine, "w1", ["tiny"])
     assert 'value="tiny"' in c.get("/chat").text
     assert c.post("/chat", {"prompt": "  ", "model": "tiny", "num_samples": "2"}).status_code == 422

@@ -14,7 +14,8 @@ Sessions: a signed cookie (``Secure`` over https, see ``headers.py``) holding th
 the user's ``session_version``, so that logout and a password change end every session of the
 user; the signing key comes from the environment or a 0600 file (``secretkey.py``). Failed
 logins lock the account and the client address for a while (``service/throttle.py``). Every
-response carries CSP, X-Frame-Options, nosniff and Referrer-Policy headers.
+response carries CSP, X-Frame-Options, nosniff and Referrer-Policy headers, a 500 too
+(:class:`FeedbackApp`).
 
 The routes are in ``routes/`` (one router per audience); this module assembles them and
 answers errors: pages get ``error.html``, JSON clients ``{"detail": ...}``.
@@ -76,6 +77,19 @@ async def _database_error(request: Request, exc: sa.exc.OperationalError) -> Res
     return r
 
 
+class FeedbackApp(FastAPI):
+    """FastAPI with :class:`SecurityHeaders` around everything. ``add_middleware`` cannot put it
+    there: Starlette's ServerErrorMiddleware (the 500 of an unhandled exception) always sits
+    outside the added middlewares, and that answer went out without the headers."""
+
+    def __init__(self, *args: object, https_only: bool | None = None, **kwargs: object) -> None:
+        self.https_only = https_only
+        super().__init__(*args, **kwargs)
+
+    def build_middleware_stack(self):  # noqa: ANN201
+        return SecurityHeaders(super().build_middleware_stack(), https_only=self.https_only)
+
+
 def create_app(
     db_url: str = DEFAULT_DB_URL, *, secret_key: str | None = None, run_migrations: bool = True,
     https_only: bool | None = None, login_policy: svc.LoginPolicy | None = None,
@@ -92,7 +106,8 @@ def create_app(
     engine = make_engine(db_url, busy_timeout_s=limits.env_number("RLHFKIT_FEEDBACK_BUSY_TIMEOUT", limits.BUSY_TIMEOUT_S))
     if run_migrations:
         migrate(engine)
-    app = FastAPI(
+    app = FeedbackApp(
+        https_only=https_only,  # SecurityHeaders, outermost: sees the session cookie and every 500
         title="rlhfkit feedback",
         description="Human feedback collection for RLHF: rating, ranking and pairwise tasks.",
         openapi_url=None, docs_url=None, redoc_url=None,  # served by the admin router, for admins only
@@ -110,7 +125,6 @@ def create_app(
         SessionMiddleware, secret_key=secret_key or session_secret(db_url), session_cookie=SESSION_COOKIE,
         max_age=14 * 24 * 3600, same_site="lax", https_only=bool(https_only),
     )
-    app.add_middleware(SecurityHeaders, https_only=https_only)  # outside the sessions: sees their cookie
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.state.templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.state.templates.env.globals.update(flags=svc.FLAGS)

@@ -192,7 +192,10 @@ def worker(
     """Run the model worker that samples responses for tasks and chats."""
     from .worker import run_worker
 
-    n = run_worker(_db(db), model, once=once, poll_s=poll, seed=seed)
+    try:
+        n = run_worker(_db(db), model, once=once, poll_s=poll, seed=seed)
+    except ValueError as e:
+        _fail(str(e))
     typer.echo(f"worker done: {n} jobs")
 
 

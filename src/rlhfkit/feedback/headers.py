@@ -1,7 +1,9 @@
 """Security headers on every response, and the ``Secure`` flag of the session cookie.
 
-A pure ASGI middleware (no ``BaseHTTPMiddleware``: it would buffer streamed responses), added
-outside the session middleware so that it sees the session cookie being set.
+A pure ASGI middleware (no ``BaseHTTPMiddleware``: it would buffer streamed responses) that
+wraps the whole app (``app.FeedbackApp``), outside Starlette's ServerErrorMiddleware too: every
+answer gets the headers, an unhandled exception's 500 included, and it sees the session cookie
+being set.
 
 ``Secure`` (the browser sends the cookie over https only) follows ``RLHFKIT_HTTPS_ONLY``:
 ``1`` always (behind a TLS proxy that does not say ``X-Forwarded-Proto``), ``0`` never,

@@ -1,7 +1,7 @@
 """Limits that keep one request from costing the server much: the size of a request body,
 and how long a request waits for a locked database before it is told to come back.
 
-* :class:`BodyLimit` (ASGI middleware, outside everything else) answers 413 to a body over
+* :class:`BodyLimit` (ASGI middleware, before any route reads a body) answers 413 to a body over
   the limit before any route, form parser or CSRF check reads it: at once when
   ``Content-Length`` says so, else as soon as the streamed bytes pass the limit.
 * :func:`busy_response` turns "database is locked" (SQLite past its busy timeout) or a

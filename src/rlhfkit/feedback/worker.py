@@ -85,6 +85,10 @@ def run_worker(
     """Serve ``models`` until interrupted (or, with ``once``, until no job is queued); returns jobs done."""
     if not models:
         raise ValueError("name at least one model (--model)")
+    try:
+        models = svc.check_model_names(models, max_n=None)
+    except svc.Invalid as e:  # before anything is announced: pages list these names
+        raise ValueError(f"--model: {e.message}") from None
     engine = make_engine(db_url)
     migrate(engine)
     name = name or f"{socket.gethostname()}:{os.getpid()}"

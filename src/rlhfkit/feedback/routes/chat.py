@@ -18,7 +18,11 @@ router = APIRouter()
 
 @router.get("/chat", response_class=HTMLResponse)
 def chat_page(request: Request, engine: Engine, user: User = Depends(annotator_user)) -> Response:
-    return render(request, "chat.html", user=user, models=svc.active_models(engine), error=None)
+    # offered: every model a chat may ask for (svc.create_chat_task accepts exactly these);
+    # with none there is no form, since any name typed in would be refused
+    models = svc.served_models(engine)
+    running = set(svc.active_models(engine))
+    return render(request, "chat.html", user=user, models=models, waiting=[m for m in models if m not in running], error=None)
 
 
 @router.post("/chat")

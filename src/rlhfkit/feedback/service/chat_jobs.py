@@ -29,8 +29,10 @@ def active_models(engine: sa.Engine, within_s: float = 120.0) -> list[str]:
 
 
 MAX_MODELS_PER_REQUEST = 4
-# what a model name may look like: a hub id or a path (Job.model holds 512 characters)
-_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,199}")
+# what a model name may look like: a hub id or a checkpoint path, relative or absolute (Job.model
+# holds 512 characters). A job only ever runs on a worker that announced exactly its name.
+MAX_MODEL_NAME = 500
+_MODEL_NAME = re.compile(rf"[A-Za-z0-9._/][A-Za-z0-9._/:@+-]{{0,{MAX_MODEL_NAME - 1}}}")
 
 
 def check_model_names(
@@ -45,7 +47,7 @@ def check_model_names(
     out: list[str] = []
     for m in models:
         if not isinstance(m, str) or not _MODEL_NAME.fullmatch(m):
-            raise Invalid(f"model name {show(m)} is not a model name (letters, digits and ._/:@+-, at most 200)")
+            raise Invalid(f"model name {show(m)} is not a model name (letters, digits and ._/:@+-, at most {MAX_MODEL_NAME})")
         if allowed is not None and m not in allowed:
             raise Invalid(f"model {show(m)} is not served here; choose one of: {', '.join(allowed) or '(no worker has registered a model yet)'}")
         if m not in out:
@@ -120,6 +122,8 @@ def ensure_display_order(engine: sa.Engine, assignment_id: int) -> None:
 
 
 def heartbeat(engine: sa.Engine, name: str, models: Sequence[str]) -> None:
+    # announced names are shown on the chat and admin pages and offered to annotators
+    models = check_model_names(models, max_n=None)
     with write_session(engine) as s, s.begin():
         w = s.get(Worker, name)
         if w is None:

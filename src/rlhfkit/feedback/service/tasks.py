@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..db import TASK_KINDS, Assignment, Job, Label, Response, Task, utcnow, write_session
-from .common import Conflict, Invalid, NotFound, check_text
+from .common import Conflict, Invalid, NotFound, check_text, show
 from .labels import RATING_MAX, RATING_MIN, normalize_tiers
 
 
@@ -52,6 +52,7 @@ def _parse_responses(obj: dict, where: str) -> list[tuple[str, str, dict]]:
             text = r.get("text", r.get("response"))
             source = r.get("source", sources[i] if sources else f"response_{i}")
             meta = {k: v for k, v in r.items() if k not in ("text", "response", "source")}
+            _json_text(meta, where, f'"responses"[{i}]')
         else:
             raise _err(where, f'"responses"[{i}] must be a string or an object with "text"')
         if not isinstance(text, str) or not text.strip():
@@ -69,6 +70,30 @@ def _text(value: str, where: str, what: str) -> None:
         check_text(value, what)
     except Invalid as e:
         raise _err(where, e.message) from None
+
+
+def _source_name(value: Any, what: str) -> str:
+    """A response source or reference source: text that fits its column (255 characters)."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 255:
+        raise Invalid(f"{what} must be a non-empty string of at most 255 characters, got {show(value)}")
+    return check_text(value, what)
+
+
+def _json_text(value: Any, where: str, what: str) -> None:
+    """Every key and string inside ``value`` (imported ``meta``) is valid text: PostgreSQL
+    refuses NUL and lone surrogates in JSON too. Walked without recursion: json.loads already
+    went as deep as Python's recursion limit allows."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            for k, x in v.items():
+                _text(k, where, f"{what} key {show(k)}")
+                stack.append(x)
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str):
+            _text(v, where, what)
 
 
 def _check_gold(kind: str, gold: Any, n: int, where: str) -> Any:
@@ -139,6 +164,8 @@ def parse_import_lines(
     """
     if default_kind not in TASK_KINDS:
         raise Invalid(f"kind must be one of {', '.join(TASK_KINDS)}, got {default_kind!r}")
+    if reference is not None:
+        _source_name(reference, "the reference source")
     specs: list[TaskSpec] = []
     grouped: dict[tuple[str, str], TaskSpec] = {}
     for lineno, line in enumerate(lines, 1):
@@ -149,6 +176,8 @@ def parse_import_lines(
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise _err(where, f"not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise _err(where, "JSON nested too deeply") from None
         if not isinstance(obj, dict):
             raise _err(where, "each line must be a JSON object")
         prompt = obj.get("prompt")
@@ -159,9 +188,15 @@ def parse_import_lines(
         if kind not in TASK_KINDS:
             raise _err(where, f'"kind" must be one of {", ".join(TASK_KINDS)}, got {kind!r}')
         ref = obj.get("reference", reference)
+        if ref is not None and "reference" in obj:
+            try:
+                _source_name(ref, '"reference"')
+            except Invalid as e:
+                raise _err(where, e.message) from None
         meta = obj.get("meta", {})
         if not isinstance(meta, dict):
             raise _err(where, '"meta" must be an object')
+        _json_text(meta, where, '"meta"')
         if "response" in obj and "responses" not in obj:
             text = obj["response"]
             if not isinstance(text, str) or not text.strip():

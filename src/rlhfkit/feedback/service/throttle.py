@@ -48,8 +48,13 @@ class LoginPolicy:
 
 
 def login_keys(username: str, address: str | None) -> tuple[str, ...]:
-    # user names are at most 64 characters (users.py); longer input cannot be an account
-    keys = [f"user:{username.strip()[:64]}"]
+    # user names are at most 64 printable characters (users.py); longer input cannot be an
+    # account. Anything unprintable cannot be one either: it is escaped so that the key can
+    # be stored (PostgreSQL refuses NUL, UTF-8 a lone surrogate).
+    name = username.strip()[:64]
+    if not name.isprintable():
+        name = ascii(name)[1:-1][:100]
+    keys = [f"user:{name}"]
     if address:
         keys.append(f"addr:{address[:100]}")
     return tuple(keys)
