@@ -61,7 +61,8 @@ def loop_cfg(tmp_path, sft, **kw):
 def test_two_rounds_with_the_simulated_judge(tmp_path, good_bad_sft):
     from rlhfkit.loop import run_loop
 
-    res = run_loop(loop_cfg(tmp_path, good_bad_sft), progress=False, echo=print)
+    # 8 samples per eval prompt: ~160 gold-labelled pairs (4 gave ~38), so that one or two pairs do not decide
+    res = run_loop(loop_cfg(tmp_path, good_bad_sft, eval_samples=8), progress=False, echo=print)
     out = tmp_path / "loop"
     rows = [json.loads(l) for l in (out / "rounds.jsonl").read_text().splitlines()]
     assert rows == json.loads(json.dumps(res["rounds"]))
