@@ -119,3 +119,14 @@ def test_worker_model_names_are_checked_and_chat_page_survives(app, engine, db_u
     assert r.status_code == 200 and 'value="/runs/a/sft"' in r.text
     r = ann.post("/chat", {"prompt": "hi", "model": "/runs/a/sft", "num_samples": "2"})
     assert r.status_code == 303, r.text[-800:]
+
+
+def test_import_line_nested_too_deeply_is_422(app, engine):
+    add_user(engine, "root", "admin")
+    root = Client(app, "root")
+    line = '{"prompt": "p", "meta": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    r = root.http.post(
+        "/admin/import", data={"kind": "rating", "csrf_token": root.csrf}, files={"file": ("deep.jsonl", line.encode())},
+        headers={"accept": "application/json"},
+    )
+    assert r.status_code == 422 and "deep.jsonl:1: JSON nested too deeply" in r.json()["detail"], r.text[:200]
