@@ -47,6 +47,25 @@ def test_best_of_n_keeps_the_highest_penalised_score_of_n_independent_samples():
     assert again == picked  # one seed, one answer
 
 
+def test_a_part_of_the_prompts_draws_what_the_whole_sample_draws_for_them():
+    """Each row of a grouped sample keeps its own random stream: a process sampling its part of the prompts
+    (first_prompt = where its part starts) draws the whole sample's responses for them, and the generation
+    batch size does not change what is drawn (the texts; log-probs may differ in float rounding)."""
+    from rlhfkit.train.best_of_n import sample_grouped
+
+    lm, tok = load_causal_lm("tiny", trainable=False), load_tokenizer("tiny")
+    prompts = [f"Tell me about {x}" for x in ("cats", "rain", "tea", "maps", "bread", "moss", "glass")]
+    gen = GenerationConfig(max_new_tokens=6, batch_size=32)
+    whole = sample_grouped(lm, tok, prompts, 2, gen, seed=3, progress=False).responses
+    assert len(set(whole)) > len(whole) // 2  # independent draws
+    parts = [sample_grouped(lm, tok, prompts[a:b], 2, gen, seed=3, progress=False, first_prompt=a).responses
+             for a, b in ((0, 3), (3, 7))]
+    assert parts[0] + parts[1] == whole
+    small = GenerationConfig(max_new_tokens=6, batch_size=3)
+    assert sample_grouped(lm, tok, prompts, 2, small, seed=3, progress=False).responses == whole
+    assert sample_grouped(lm, tok, prompts, 2, gen, seed=4, progress=False).responses != whole
+
+
 def test_best_of_n_command_with_a_reward_function(tmp_path, prompts_file, monkeypatch):
     (tmp_path / "myreward.py").write_text(REWARD_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -31,7 +31,10 @@ def _run(cfg: PipelineConfig, resume: bool = False):
     from rlhfkit.pipeline.stages import run_pipeline
 
     result = run_pipeline(cfg, echo=click.echo, resume=resume)
-    _print_result(Path(cfg.out), result)
+    from rlhfkit.processes import Processes
+
+    if Processes().is_main:  # several processes (accelerate launch): one table
+        _print_result(Path(cfg.out), result)
 
 
 def _load(config_file, preset, kw, sets=()) -> PipelineConfig:

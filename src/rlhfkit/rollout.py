@@ -9,6 +9,7 @@ score what was sampled are in ``rlhfkit.forward``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -107,6 +108,21 @@ def _sample_token(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.
 _CDF_BLOCK = 256
 
 
+def row_stream(seed: int, row: int) -> torch.Generator:
+    """The random stream of row ``row`` of a sample seeded with ``seed`` (``sample_grouped``): a CPU generator
+    seeded with the first 8 bytes of SHA-256("rlhfkit-row:{seed}:{row}") (top bit cleared). A row that
+    keeps its own stream draws the same numbers whichever batch, or process, it is sampled in."""
+    digest = hashlib.sha256(f"rlhfkit-row:{int(seed)}:{int(row)}".encode()).digest()
+    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+
+
+def _uniforms(n: int, generator) -> torch.Tensor:
+    """(n, 1) float64 uniforms: from one generator in row order, or one from each row's own generator (a list)."""
+    if isinstance(generator, (list, tuple)):
+        return torch.cat([torch.rand((1, 1), generator=g, dtype=torch.float64) for g in generator])
+    return torch.rand((n, 1), generator=generator, dtype=torch.float64)
+
+
 def _inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None):
     """One token per row of ``probs`` (N, V) (unnormalised, >= 0) by inverse-CDF sampling; returns
     (tokens (N,), row totals (N,) float64).
@@ -124,7 +140,7 @@ def _inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None):
     # block sums in float32 (a float64 sum copies the whole row: 20 ms at (96, 49k)), their cumsum in float64
     block_cdf = blocks.sum(-1).double().cumsum(-1)  # (N, nb)
     # the uniform numbers come from a CPU generator whatever the device: one seed, one stream, on any machine
-    u = torch.rand((N, 1), generator=generator, dtype=torch.float64).to(probs.device) * block_cdf[:, -1:]
+    u = _uniforms(N, generator).to(probs.device) * block_cdf[:, -1:]
     b = torch.searchsorted(block_cdf, u).clamp(max=nb - 1)  # (N, 1)
     before = torch.where(b > 0, block_cdf.gather(-1, (b - 1).clamp(min=0)), torch.zeros_like(u))
     inside = blocks.gather(1, b[:, :, None].expand(-1, -1, _CDF_BLOCK)).squeeze(1)  # (N, block)
@@ -200,8 +216,10 @@ def sample_batch(model, prompt_ids, prompt_mask, cfg: GenerationConfig, eos_toke
     alive = torch.ones(B, dtype=torch.bool, device=device)  # decoder rows still sampling
     for t in range(T):
         idx = alive.nonzero().squeeze(-1)
-        tok, lp = _sample_token(logits if len(idx) == len(alive) else logits[idx], cfg, generator)
         live = rows[idx]
+        # one stream per row (a list): the live rows' own streams, in row order
+        gen = [generator[i] for i in live.tolist()] if isinstance(generator, (list, tuple)) else generator
+        tok, lp = _sample_token(logits if len(idx) == len(alive) else logits[idx], cfg, gen)
         resp[live, t], logps[live, t], mask[live, t] = tok, lp, 1
         if hidden is not None:
             hidden[live, t] = dec.last_hidden[idx].float()
@@ -238,10 +256,12 @@ def decode_responses(tokenizer, response_ids, response_mask) -> list[str]:
 
 
 def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig, *, seed: int | None = None,
-             generator: torch.Generator | None = None, bf16: bool = False, progress=None,
+             generator: torch.Generator | list[torch.Generator] | None = None, bf16: bool = False, progress=None,
              keep_hidden: bool = False) -> Rollout:
     """Sample one response per prompt in batches of ``cfg.batch_size``; returns one padded Rollout
-    (with ``hidden`` when ``keep_hidden`` and the sampler kept it: see ``sample_batch``)."""
+    (with ``hidden`` when ``keep_hidden`` and the sampler kept it: see ``sample_batch``). ``generator``: one
+    stream for the whole sample, or a list of one per prompt (``row_stream``: each row's draws then do not
+    depend on the batch it is in)."""
     device = next(model.parameters()).device
     if generator is None:
         generator = torch.Generator(device="cpu")
@@ -257,7 +277,8 @@ def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig, *, see
             chunk = prompts[i : i + size]
             ids, mask = encode_prompts(tokenizer, chunk, cfg.system_prompt, device, cfg.chat_template)
             r_ids, r_mask, r_lp, ended, *hid = sample_batch(
-                model, ids, mask, cfg, tokenizer.eos_token_id, tokenizer.pad_token_id, generator, bf16,
+                model, ids, mask, cfg, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                generator[i : i + size] if isinstance(generator, (list, tuple)) else generator, bf16,
                 keep_hidden=keep_hidden,
             )
             parts.append((chunk, ids, mask, r_ids, r_mask, r_lp, ended, hid[0] if hid else None))

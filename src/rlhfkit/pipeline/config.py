@@ -122,7 +122,7 @@ class PipelineConfig:
     max_new_tokens: int = opt(40, "Longest response, for every method.")
     temperature: float = opt(1.0, "Sampling temperature of the preference samples and of PPO's rollouts.")
     eval_temperature: float = opt(1.0, "Sampling temperature of every method's evaluation responses and of best-of-n's and expert iteration's candidates (1.0: each policy's own distribution, the one PPO optimises and KL is measured on).")
-    gen_batch_size: int = opt(96, "Sequences per generation batch.")
+    gen_batch_size: int = opt(96, "Sequences per generation batch, per process (several processes each sample their part of the prompts; the samples do not depend on it).")
     stages: str = opt("sft,preferences,reward,ppo,best_of_n,expert_iteration,eval", "Stages to run, in order; a stage reads what the earlier ones wrote. dpo (after preferences) is off by default: name it to run it, e.g. sft,preferences,reward,dpo,ppo,best_of_n,expert_iteration,eval.")
     # data the stages take from the task
     sft_examples: int = opt(160, "Demonstrations used (the task ships 200).")

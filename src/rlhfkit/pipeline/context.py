@@ -20,10 +20,17 @@ class Context:
 
         # one precision decision for every stage (auto: bf16 only where the device computes it natively)
         cfg = dataclasses.replace(cfg, bf16=resolve_bf16(cfg.bf16))
+        from rlhfkit.processes import Processes
+
         self.run = Path(cfg.out)
+        # launched as several processes (accelerate launch, torchrun): the trainers train across them; the
+        # sampling stages split their prompts (part/gather); the main process alone judges and writes files
+        self.processes = Processes()
         # each method's section with the paths, seed and precision of this run: what its stage runs
-        self.cfg, self.progress = wire(cfg, self.run, "bf16" if cfg.bf16 else "no"), progress
-        self.run.mkdir(parents=True, exist_ok=True)
+        self.cfg = wire(cfg, self.run, "bf16" if cfg.bf16 else "no")
+        self.progress = progress and self.processes.is_main
+        if self.processes.is_main:
+            self.run.mkdir(parents=True, exist_ok=True)
         self.task = load_task(cfg.task)
         self._judge = None
         self._opening: dict[str, str] = {}
@@ -70,14 +77,28 @@ def gen_config(ctx: Context, temperature: float):
                             system_prompt=c.system_prompt)
 
 
-def sample(ctx: Context, model_path, prompts: list[str], n: int, temperature: float, seed: int, label: str, lm=None):
-    """n responses per prompt from the model at ``model_path`` (grouped: prompt i's are rows i*n .. i*n+n-1)."""
+def sample(ctx: Context, model_path, prompts: list[str], n: int, temperature: float, seed: int, label: str, lm=None,
+           first_prompt: int = 0):
+    """n responses per prompt from the model at ``model_path`` (grouped: prompt i's are rows i*n .. i*n+n-1).
+    ``prompts`` may be one process's part of a list, starting at its index ``first_prompt``: its responses are
+    those the whole list's sample has for them (each row its own stream: ``sample_grouped``). None when
+    ``prompts`` is empty (a process left without a part)."""
     from rlhfkit.models import load_frozen_lm, load_tokenizer
     from rlhfkit.train.best_of_n import sample_grouped
 
+    if not prompts:
+        return None
     tok = load_tokenizer(model_path)
     lm = lm if lm is not None else load_frozen_lm(model_path, ctx.cfg.bf16)
-    return sample_grouped(lm, tok, prompts, n, gen_config(ctx, temperature), seed, ctx.cfg.bf16, label, ctx.progress)
+    return sample_grouped(lm, tok, prompts, n, gen_config(ctx, temperature), seed, ctx.cfg.bf16, label, ctx.progress,
+                          first_prompt=first_prompt)
+
+
+def sample_responses(ctx: Context, model_path, prompts: list[str], n: int, temperature: float, seed: int, label: str) -> list[str]:
+    """``sample(...).responses`` of all ``prompts``, each process sampling its part, gathered on every process."""
+    lo, hi = ctx.processes.part(len(prompts))
+    ro = sample(ctx, model_path, prompts[lo:hi], n, temperature, seed, label, first_prompt=lo)
+    return ctx.processes.gather(ro.responses if ro is not None else [])
 
 
 def reward_scorer(ctx: Context):

@@ -68,7 +68,10 @@ def stage_eval(ctx: Context) -> dict:
     second independent draw (that would cost one more sampling pass and, since a noise-free comparison
     is antisymmetric, only show around a known 50% the sampling noise every SE already reports). KL to SFT is
     estimated on the method's own samples at the eval temperature: mean of log pi_M(y|x) -
-    log pi_SFT(y|x); for best-of-n, the analytic log n - (n-1)/n."""
+    log pi_SFT(y|x); for best-of-n, the analytic log n - (n-1)/n.
+
+    Several processes sample (and take the KL of) a part of the prompts each, with the streams one process
+    would use for them (``sample_grouped``); the main process judges, scores and writes, the others return None."""
     from rlhfkit.eval import build_winrates, write_report
     from rlhfkit.models import load_frozen_lm
 
@@ -76,20 +79,20 @@ def stage_eval(ctx: Context) -> dict:
     openings = ctx.split("eval", c.eval_prompts)
     prompts = ctx.frame(openings)
     models = method_models(ctx)
-    scorer = reward_scorer(ctx) if (ctx.run / "reward" / "config.json").exists() else None
-    sft_lm = load_frozen_lm(models["sft"], c.bf16) if "sft" in models else None
     n = max(1, c.eval_samples)
+    lo, hi = ctx.processes.part(len(prompts))  # this process's part of the prompts (all of them on one process)
+    sft_lm = load_frozen_lm(models["sft"], c.bf16) if "sft" in models and hi > lo else None
     responses: dict[str, list[str]] = {}
     kls: dict[str, list[float]] = {}
     where: dict[str, list[tuple[int, int]]] = {}  # method -> (prompt index, sample index) of each row
     sampled = {}
     for name, path in models.items():
-        lm = sft_lm if name == "sft" else load_frozen_lm(path, c.bf16)
+        lm = sft_lm if name == "sft" else load_frozen_lm(path, c.bf16) if hi > lo else None
         # each method its own stream (pipeline/seeds.py): with one seed, answer j of two methods would share
         # their random draws, and a model identical to the reference would repeat its answers token for token
-        sampled[name] = sample(ctx, path, prompts, n, c.eval_temperature, stream_seed(c.seed, f"eval:{name}"),
-                               f"eval: {name} ({n} per prompt)", lm=lm)
-        responses[name] = sampled[name].responses
+        sampled[name] = sample(ctx, path, prompts[lo:hi], n, c.eval_temperature, stream_seed(c.seed, f"eval:{name}"),
+                               f"eval: {name} ({n} per prompt)", lm=lm, first_prompt=lo)
+        responses[name] = sampled[name].responses if sampled[name] is not None else []
         where[name] = [(i, j) for i in range(len(prompts)) for j in range(n)]
     # KL to SFT on each method's own samples: log pi_M(y|x) was recorded while sampling (at the eval
     # temperature); log pi_SFT(y|x) comes from one pass per prompt over all methods' answers. (In bf16 a
@@ -101,6 +104,12 @@ def stage_eval(ctx: Context) -> dict:
             kls[name] = ((ro.logprobs * ro.response_mask).sum(1) - lp_sft).tolist()
     for name in responses:
         kls.setdefault(name, [0.0] * len(responses[name]))
+    # every process's part, in prompt order, on the main process (which alone judges and writes)
+    responses = {name: ctx.processes.gather(responses[name]) for name in models}
+    kls = {name: ctx.processes.gather(kls[name]) for name in models}
+    if not ctx.processes.is_main:
+        return None
+    scorer = reward_scorer(ctx) if (ctx.run / "reward" / "config.json").exists() else None
     bon_rows = _read_rows(ctx.run / "best_of_n" / "candidates.jsonl")
     if bon_rows and [r["prompt"] for r in bon_rows] == prompts[: len(bon_rows)]:
         # best-of-n answers the first bon_prompts eval prompts once (16 samples each are its cost); its answer

@@ -10,6 +10,10 @@ seed, derived from the pipeline seed and a name:
   preferences:SRC    the preference samples drawn from SRC (sft, initial)
   expert_iteration:R round R's best-of-n candidates
 
+Inside a stream, row k of a grouped sample (prompt k // n, answer k % n) draws from its own generator,
+``rollout.row_stream(stream seed, k)``: the samples do not depend on the generation batch size, nor on
+how several processes split the prompts between them.
+
 ``stream_seed(seed, name)`` = the first 8 bytes of SHA-256("rlhfkit:{seed}:{name}"), big-endian,
 top bit cleared (a non-negative int64). A hash, not ``hash()``: Python salts string hashes per
 process, and the same run must reproduce on any machine.

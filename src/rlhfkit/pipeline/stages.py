@@ -20,7 +20,7 @@ import numpy as np
 from rlhfkit.atomic import atomic_json, crash_point, remove_leftovers
 from rlhfkit.data import write_jsonl
 from rlhfkit.pipeline.config import PipelineConfig
-from rlhfkit.pipeline.context import Context, reward_scorer, sample
+from rlhfkit.pipeline.context import Context, reward_scorer, sample_responses
 from rlhfkit.pipeline.evaluate import _read_rows, stage_eval
 from rlhfkit.pipeline.seeds import stream_seed
 
@@ -29,14 +29,16 @@ def stage_sft(ctx: Context) -> Path:
     from rlhfkit.train.sft import train_sft
 
     demos = ctx.task.splits["sft"][: ctx.cfg.sft_examples]
-    write_jsonl(ctx.cfg.sft.data, [{"prompt": ctx.task.format_prompt(d["prompt"]), "completion": d["completion"]} for d in demos])
-    return train_sft(ctx.cfg.sft, progress=ctx.progress)
+    ctx.processes.from_main(lambda: write_jsonl(
+        ctx.cfg.sft.data, [{"prompt": ctx.task.format_prompt(d["prompt"]), "completion": d["completion"]} for d in demos]))
+    return train_sft(ctx.cfg.sft, progress=ctx.progress)  # on every process: each trains on its share of a batch
 
 
 def stage_preferences(ctx: Context) -> Path:
     """K responses per preference prompt, drawn from the models in ``pref_sources`` (the lecture: outputs
     from the current and the initial model give diversity and hard negatives), shuffled, and each set
-    ranked by one simulated annotator with label noise (AlpacaFarm)."""
+    ranked by one simulated annotator with label noise (AlpacaFarm). Several processes sample a part of the
+    prompts each; the main process ranks them all and writes the files (the others wait: ``run_pipeline``)."""
     c = ctx.cfg
     openings = ctx.split("preference", c.pref_prompts)
     prompts = ctx.frame(openings)
@@ -50,9 +52,12 @@ def stage_preferences(ctx: Context) -> Path:
     for src, k in zip(sources, counts):
         if k:
             # each source its own stream: with one seed the SFT and initial models' answers share their draws
-            ro = sample(ctx, paths[src], prompts, k, c.temperature, stream_seed(c.seed, f"preferences:{src}"),
-                        f"sampling {k} per preference prompt from {src}")
-            drawn[src] = [ro.responses[i * k : (i + 1) * k] for i in range(len(prompts))]
+            responses = sample_responses(ctx, paths[src], prompts, k, c.temperature, stream_seed(c.seed, f"preferences:{src}"),
+                                         f"sampling {k} per preference prompt from {src}")
+            drawn[src] = [responses[i * k : (i + 1) * k] for i in range(len(prompts))]
+    out = ctx.run / "prefs" / "rankings.jsonl"
+    if not ctx.processes.is_main:
+        return out
     rng = np.random.default_rng(c.seed + 2)
     groups, group_sources = [], []
     for i in range(len(prompts)):
@@ -64,7 +69,7 @@ def stage_preferences(ctx: Context) -> Path:
     rankings = ctx.judge.rank(openings, groups, flip_prob=c.flip_prob, rng=rng)
     rows = [{"prompt": p, "responses": g, "ranking": r, "sources": s, "annotator": "simulated-panel",
              "flip_prob": c.flip_prob} for p, g, r, s in zip(prompts, groups, rankings, group_sources)]
-    out = write_jsonl(ctx.run / "prefs" / "rankings.jsonl", rows)
+    write_jsonl(out, rows)
     # the panel's agreement on pairs of these samples (first two responses of each prompt)
     report = ctx.judge.agreement_report(openings, [g[0] for g in groups], [g[1] for g in groups], rng=np.random.default_rng(c.seed + 3))
     clean = ctx.judge.rank(openings, groups, flip_prob=0.0, rng=same_draws)
@@ -107,7 +112,7 @@ def stage_reward(ctx: Context) -> Path:
     from rlhfkit.train.reward import train_reward
 
     cfg = ctx.cfg.reward
-    reference = sft_reference(Path(cfg.data), Path(cfg.reference))
+    reference = ctx.processes.from_main(lambda: sft_reference(Path(cfg.data), Path(cfg.reference)))
     return train_reward(dataclasses.replace(cfg, reference=reference), progress=ctx.progress)
 
 
@@ -122,7 +127,7 @@ def sft_reference(rankings: Path, out: Path) -> str | None:
 def unlabeled_prompts(ctx: Context) -> list[str]:
     """The task's unlabeled split, framed, also written where PPO's and expert iteration's configs point."""
     prompts = ctx.frame(ctx.split("unlabeled"))
-    write_jsonl(ctx.cfg.ppo.prompts, [{"prompt": p} for p in prompts])
+    ctx.processes.from_main(lambda: write_jsonl(ctx.cfg.ppo.prompts, [{"prompt": p} for p in prompts]))
     return prompts
 
 
@@ -157,17 +162,23 @@ def stage_grpo(ctx: Context) -> Path:
 
 
 def stage_best_of_n(ctx: Context) -> Path:
-    """Best-of-n from the SFT model on the first ``bon_prompts`` eval prompts (the evaluation judges them)."""
+    """Best-of-n from the SFT model on the first ``bon_prompts`` eval prompts (the evaluation judges them).
+    Several processes sample a part of the prompts each; the main process scores every candidate (in the
+    batches one process would: the same scores to the last bit), picks and writes."""
     from rlhfkit.models import load_frozen_lm, load_tokenizer
-    from rlhfkit.train.best_of_n import best_of_n, generation_config, write_best_of_n
+    from rlhfkit.train.best_of_n import generation_config, sample_grouped_parts, select_best, write_best_of_n
 
     c, bon = ctx.cfg, ctx.cfg.best_of_n
     prompts = ctx.frame(ctx.split("eval", min(c.bon_prompts or c.eval_prompts, c.eval_prompts)))
-    write_jsonl(bon.prompts, [{"prompt": p} for p in prompts])
+    ctx.processes.from_main(lambda: write_jsonl(bon.prompts, [{"prompt": p} for p in prompts]))
     # its own stream: with the seed of the SFT or reference answers its candidates would copy their draws
-    picked, rows = best_of_n(load_frozen_lm(bon.model, c.bf16), load_tokenizer(bon.model), prompts, reward_scorer(ctx), bon.n,
-                             generation_config(bon), stream_seed(c.seed, "eval:best_of_n"), missing_eos_penalty=bon.missing_eos_penalty,
-                             bf16=c.bf16, label=f"best-of-{bon.n}: sampling", progress=ctx.progress)
+    drawn = sample_grouped_parts(ctx.processes, lambda: (load_frozen_lm(bon.model, c.bf16), load_tokenizer(bon.model)), prompts,
+                                 bon.n, generation_config(bon), stream_seed(c.seed, "eval:best_of_n"), c.bf16,
+                                 f"best-of-{bon.n}: sampling", ctx.progress)
+    if not ctx.processes.is_main:
+        return Path(bon.out) / "responses.jsonl"
+    scores = reward_scorer(ctx)([p for p in prompts for _ in range(bon.n)], drawn.responses)
+    picked, rows = select_best(prompts, drawn, scores, bon.n, bon.missing_eos_penalty)
     return write_best_of_n(Path(bon.out), prompts, picked, rows, bon.n)
 
 
@@ -179,7 +190,8 @@ def stage_expert_iteration(ctx: Context) -> Path:
     c = ctx.cfg
     return expert_iteration(c.expert_iteration, unlabeled_prompts(ctx), reward_scorer(ctx),
                             sample_seed=lambda r: stream_seed(c.seed, f"expert_iteration:{r}"),
-                            load_lm=lambda path: load_frozen_lm(path, c.bf16), progress=ctx.progress, resume=ctx.resume)
+                            load_lm=lambda path: load_frozen_lm(path, c.bf16), progress=ctx.progress, resume=ctx.resume,
+                            processes=ctx.processes)
 
 
 @dataclass(frozen=True)
@@ -217,7 +229,12 @@ def stage_table() -> str:
 def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print, resume: bool = False) -> dict:
     """Run the stages named in ``cfg.stages``; returns the win-rate table and writes timings.json.
     ``resume``: continue a run killed part way (``pipeline/resume.py``): stages marked done are skipped,
-    an interrupted training stage goes on from its last checkpoint; the config must be the run's own."""
+    an interrupted training stage goes on from its last checkpoint; the config must be the run's own.
+
+    Launched as several processes (``accelerate launch``, ``torchrun``): every process runs every stage (the
+    trainers train across them; the sampling stages split their prompts and gather them on the main process);
+    the main process alone writes the pipeline's files (pipeline.yaml, timings.json, the stage markers) and
+    echoes; all wait for each other after each stage. Returns the win-rates on the main process only."""
     from rlhfkit.config import save_config
     from rlhfkit.pipeline import resume as resuming
 
@@ -225,26 +242,39 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print, resume:
     unknown = [s for s in names if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
-    resume = resume and (Path(cfg.out) / "pipeline.yaml").exists()  # nothing there yet: a fresh start
-    if resume:
-        resuming.check_resumable(cfg, Path(cfg.out))
-        remove_leftovers(cfg.out)  # temporary files of the killed run: never renamed into place, never read
     ctx = Context(cfg, progress)
+    procs = ctx.processes
+    echo = echo if procs.is_main else (lambda *a, **k: None)
+
+    def start() -> bool:
+        fresh = not (Path(cfg.out) / "pipeline.yaml").exists()  # nothing there yet: a fresh start
+        if resume and not fresh:
+            resuming.check_resumable(cfg, Path(cfg.out))
+            remove_leftovers(cfg.out)  # temporary files of the killed run: never renamed into place, never read
+        save_config(ctx.cfg, ctx.run / "pipeline.yaml")  # with the precision actually used
+        return resume and not fresh
+
+    resume = procs.from_main(start)  # one decision for every process, made before anything is rewritten
     ctx.resume = resume
-    save_config(ctx.cfg, ctx.run / "pipeline.yaml")  # with the precision actually used
     timings_path = ctx.run / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     result = None
     t_all = time.perf_counter()
     for name in names:
-        if resume and resuming.marker(ctx.run, name).exists():
+        later = list(STAGES)[list(STAGES).index(name) + 1 :]
+
+        def decide(name=name, later=later):  # on the main process: skip, or clear the way and say where to resume
+            if resume and resuming.marker(ctx.run, name).exists():
+                return "done", None
+            return "run", resuming.start_stage(ctx.run, name, later, resume)
+
+        state, resume_from = procs.from_main(decide)
+        if state == "done":
             echo(f"== {name}: done before, not rerun")
-            if name == "eval":
+            if name == "eval" and procs.is_main:
                 result = json.loads((ctx.run / "winrates.json").read_text())
             continue
         echo(f"== {name}")
-        later = list(STAGES)[list(STAGES).index(name) + 1 :]
-        resume_from = resuming.start_stage(ctx.run, name, later, resume)
         wired = ctx.cfg
         if resume_from is not None:  # the trainer goes on from its last checkpoint
             echo(f"   resuming from {max(resume_from.glob('checkpoint-*'), key=lambda p: int(p.name.split('-')[1])).name}")
@@ -254,7 +284,10 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print, resume:
             result = STAGES[name].run(ctx)
         finally:
             ctx.cfg = wired
+        procs.barrier()  # the main process may still be judging and writing: the stage is done when it is
         timings[name] = round(time.perf_counter() - t, 1)
+        if not procs.is_main:
+            continue
         atomic_json(timings_path, timings)
         crash_point(f"stage-done:{name}")
         atomic_json(resuming.marker(ctx.run, name), {"stage": name, "seconds": timings[name]})  # last: the stage is done
@@ -279,5 +312,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, echo=print, resume:
             if ev:
                 echo(f"   DPO held-out implicit-reward accuracy {ev['eval_accuracy']:.3f} on {ev['eval_pairs']} pairs")
     timings["total_this_call"] = round(time.perf_counter() - t_all, 1)
-    atomic_json(timings_path, timings)
+    if procs.is_main:
+        atomic_json(timings_path, timings)
+    procs.barrier()
     return {"timings": timings, "winrates": result if names and names[-1] == "eval" else None, "config": asdict(cfg)}

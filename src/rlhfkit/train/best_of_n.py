@@ -14,21 +14,27 @@ one rule. ``rlhfkit best-of-n`` writes, in its run directory:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from rlhfkit.atomic import atomic_json
 from rlhfkit.config import BestOfNConfig
 from rlhfkit.data import load_prompts, write_jsonl
-from rlhfkit.rollout import GenerationConfig, Rollout, generate
+from rlhfkit.rollout import GenerationConfig, Rollout, generate, row_stream
 from rlhfkit.scoring import RewardFn, as_scores, load_reward
 from rlhfkit.train.common import progress_bar, resolve_config_precision, seed_everything, write_run_info
 
 
 def sample_grouped(lm, tokenizer, prompts: list[str], n: int, gen: GenerationConfig, seed: int, bf16: bool = False,
-                   label: str = "sampling", progress: bool = True) -> Rollout:
+                   label: str = "sampling", progress: bool = True, first_prompt: int = 0) -> Rollout:
     """``n`` responses per prompt, grouped: prompt i's responses are rows ``i*n .. i*n+n-1``.
+
+    Each row draws from its own stream (``rollout.row_stream(seed, row)``, row counted from ``first_prompt * n``),
+    so a prompt's responses do not depend on the batch it is sampled in: a part of the prompts sampled with
+    ``first_prompt`` = its start (one process's share) draws what the whole sample draws for them.
 
     Args:
         lm, tokenizer: the policy (a causal LM, in eval mode or not) and its tokenizer.
@@ -38,15 +44,41 @@ def sample_grouped(lm, tokenizer, prompts: list[str], n: int, gen: GenerationCon
         seed: seed of the sampling stream (the same seed gives the same responses).
         bf16: sample under bf16 autocast.
         label: the progress bar's text; ``progress=False`` hides it.
+        first_prompt: the index of ``prompts[0]`` in the whole list these prompts are a part of.
     """
     expanded = [p for p in prompts for _ in range(n)]
+    streams = [row_stream(seed, first_prompt * n + k) for k in range(len(expanded))]
     with progress_bar(len(expanded), label, disable=not progress) as bar:
         task = bar.add_task(label, total=len(expanded), info="")
-        return generate(lm, tokenizer, expanded, gen, seed=seed, bf16=bf16, progress=lambda k: bar.update(task, advance=k))
+        return generate(lm, tokenizer, expanded, gen, generator=streams, bf16=bf16, progress=lambda k: bar.update(task, advance=k))
+
+
+@dataclass
+class Drawn:
+    """Grouped samples gathered from several processes (``sample_grouped_parts``): what ``select_best`` reads
+    of a Rollout. responses: B texts; ended: (B,) True where EOS was emitted."""
+
+    responses: list[str]
+    ended: torch.Tensor
+
+
+def sample_grouped_parts(processes, load: Callable[[], tuple], prompts: list[str], n: int, gen: GenerationConfig, seed: int,
+                         bf16: bool = False, label: str = "sampling", progress: bool = True) -> Drawn:
+    """``sample_grouped`` of ``prompts`` with each of ``processes`` (``rlhfkit.processes.Processes``) sampling its
+    part of them: every process gets all the responses, in order, as one process draws them (each row keeps
+    its own stream). ``load()`` -> (lm, tokenizer), called only by a process with a part to sample."""
+    lo, hi = processes.part(len(prompts))
+    mine: list[tuple[str, bool]] = []
+    if hi > lo:
+        lm, tok = load()
+        ro = sample_grouped(lm, tok, prompts[lo:hi], n, gen, seed, bf16, label, progress, first_prompt=lo)
+        mine = list(zip(ro.responses, ro.ended.tolist()))
+    drawn = processes.gather(mine)
+    return Drawn([r for r, _ in drawn], torch.tensor([e for _, e in drawn], dtype=torch.bool))
 
 
 def select_best(prompts: list[str], rollout: Rollout, scores, n: int, missing_eos_penalty: float) -> tuple[list[str], list[dict]]:
-    """Pick each prompt's best candidate from a grouped rollout (``sample_grouped``) and its ``scores``.
+    """Pick each prompt's best candidate from a grouped rollout (``sample_grouped``, or a ``Drawn``) and its ``scores``.
 
     A candidate that never emitted EOS loses ``missing_eos_penalty`` before the argmax (ties: the first).
     Returns (picked responses, one row per prompt with candidates, scores, ended, penalised_scores, best).
@@ -138,4 +170,4 @@ def run_best_of_n(cfg: BestOfNConfig, reward_fn: RewardFn | None = None, progres
     return write_best_of_n(out, prompts, picked, rows, cfg.n)
 
 
-__all__ = ["best_of_n", "select_best", "sample_grouped", "run_best_of_n", "write_best_of_n", "generation_config"]
+__all__ = ["best_of_n", "select_best", "sample_grouped", "sample_grouped_parts", "Drawn", "run_best_of_n", "write_best_of_n", "generation_config"]

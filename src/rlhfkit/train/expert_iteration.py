@@ -22,7 +22,7 @@ from rlhfkit.atomic import atomic_json
 from rlhfkit.config import ExpertIterationConfig, SFTConfig
 from rlhfkit.data import load_prompts, write_jsonl
 from rlhfkit.scoring import RewardFn, load_reward
-from rlhfkit.train.best_of_n import generation_config, sample_grouped, select_best
+from rlhfkit.train.best_of_n import generation_config, sample_grouped_parts, select_best
 from rlhfkit.train.common import resolve_config_precision
 
 
@@ -45,7 +45,7 @@ def round_sft_config(cfg: ExpertIterationConfig, model: str, data: Path, out: Pa
 
 def expert_iteration(cfg: ExpertIterationConfig, prompts: list[str], reward_fn: RewardFn, *,
                      sample_seed: Callable[[int], int] | None = None, load_lm: Callable | None = None,
-                     progress: bool = True, resume: bool = False) -> Path:
+                     progress: bool = True, resume: bool = False, processes=None) -> Path:
     """Run ``cfg.rounds`` rounds on ``prompts`` (round r takes the r-th block of ``cfg.prompts_per_round``);
     returns the last round's model folder.
 
@@ -59,6 +59,9 @@ def expert_iteration(cfg: ExpertIterationConfig, prompts: list[str], reward_fn: 
         resume: continue a run killed part way: a round whose ``round-R.done`` exists is not rerun, the
             round in progress is (its sampling is seeded, so it draws the same winners) and its SFT goes
             on from its last checkpoint. Without it, earlier runs' round markers are removed first.
+        processes: the run's processes (``rlhfkit.processes.Processes``, default: as launched): each samples
+            a part of a round's prompts; the main process scores them all, picks the winners and writes the
+            files; every process trains the round's SFT (each its share of every batch).
 
     Example::
 
@@ -66,6 +69,7 @@ def expert_iteration(cfg: ExpertIterationConfig, prompts: list[str], reward_fn: 
                          prompts, RewardScorer.load("runs/reward"))
     """
     from rlhfkit.models import load_frozen_lm, load_tokenizer
+    from rlhfkit.processes import Processes
     from rlhfkit.train.sft import train_sft
 
     need = cfg.rounds * cfg.prompts_per_round
@@ -76,9 +80,9 @@ def expert_iteration(cfg: ExpertIterationConfig, prompts: list[str], reward_fn: 
     out = Path(cfg.out)
     bf16 = cfg.mixed_precision == "bf16"
     model, summary = cfg.model, []
+    procs = processes or Processes()
     if not resume:
-        for stale in out.glob("round-*.done"):
-            stale.unlink()
+        procs.from_main(lambda: [stale.unlink() for stale in out.glob("round-*.done")])
     for r in range(1, cfg.rounds + 1):
         done = out / f"round-{r}.done"
         if resume and done.exists():
@@ -86,20 +90,27 @@ def expert_iteration(cfg: ExpertIterationConfig, prompts: list[str], reward_fn: 
             model = out / f"round-{r}"
             continue
         chunk = prompts[(r - 1) * cfg.prompts_per_round : r * cfg.prompts_per_round]
-        ro = sample_grouped(load_lm(model), load_tokenizer(model), chunk, cfg.n, generation_config(cfg), sample_seed(r), bf16,
-                            f"expert iteration {r}: best-of-{cfg.n}", progress)
-        scores = reward_fn([p for p in chunk for _ in range(cfg.n)], ro.responses)
-        picked, rows = select_best(chunk, ro, scores, cfg.n, cfg.missing_eos_penalty)
-        demos = expert_demonstrations(chunk, picked, rows)
-        data = write_jsonl(out / f"round-{r}.jsonl", demos)
-        summary.append({"round": r, "prompts": len(chunk), "finished_winners": sum(d.get("finished", True) for d in demos),
-                        "winner_score": float(np.mean([row["penalised_scores"][row["best"]] for row in rows]))})
+        drawn = sample_grouped_parts(procs, lambda m=model: (load_lm(m), load_tokenizer(m)), chunk, cfg.n, generation_config(cfg),
+                                     sample_seed(r), bf16, f"expert iteration {r}: best-of-{cfg.n}", progress)
+
+        def pick_and_write(r=r, chunk=chunk, drawn=drawn):  # the main process: scores in one process's batches
+            scores = reward_fn([p for p in chunk for _ in range(cfg.n)], drawn.responses)
+            picked, rows = select_best(chunk, drawn, scores, cfg.n, cfg.missing_eos_penalty)
+            demos = expert_demonstrations(chunk, picked, rows)
+            write_jsonl(out / f"round-{r}.jsonl", demos)
+            return {"round": r, "prompts": len(chunk), "finished_winners": sum(d.get("finished", True) for d in demos),
+                    "winner_score": float(np.mean([row["penalised_scores"][row["best"]] for row in rows]))}
+
+        summary.append(procs.from_main(pick_and_write))
+        data = out / f"round-{r}.jsonl"
         sft_cfg = round_sft_config(cfg, str(model), data, out / f"round-{r}", r)
         if resume and any((out / f"round-{r}").glob("checkpoint-*")):
             sft_cfg.resume = sft_cfg.out
         model = train_sft(sft_cfg, progress=progress)
-        atomic_json(done, summary[-1])
-    atomic_json(out / "summary.json", summary)
+        if procs.is_main:
+            atomic_json(done, summary[-1])
+    if procs.is_main:
+        atomic_json(out / "summary.json", summary)
     return Path(model)
 
 
