@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rlhfkit.atomic import atomic_write
 from rlhfkit.config import ReinforceConfig, SFTConfig, opt
 from rlhfkit.data import write_jsonl
 
@@ -115,7 +116,7 @@ def run_dialogue_experiment(cfg: DialogueExperimentConfig, progress: bool = True
                           for p, b, a in list(zip(plain, replies["before"], replies["after"]))[:5]]
     results["timings"] = {**timings, "total": round(time.perf_counter() - t0, 1)}
     results["settings"] = dataclasses.asdict(cfg)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write(out / "results.json", json.dumps(results, indent=2) + "\n")
     echo(f"   mle {timings['mle']:.0f} s, reinforce {timings['reinforce']:.0f} s")
     return results
 

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlhfkit.atomic import atomic_path, atomic_write
 from rlhfkit.config import ReinforceConfig, SFTConfig, opt
 from rlhfkit.data import write_jsonl
 
@@ -139,7 +140,8 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
     ax.set_title("toy translation: REINFORCE with a BLEU reward")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -190,6 +192,6 @@ def run_mt_experiment(cfg: MTExperimentConfig, progress: bool = True, echo=print
     results["dev_bleu"] = curves
     results["timings"] = {**timings, "total": round(time.perf_counter() - t0, 1)}
     results["settings"] = dataclasses.asdict(cfg)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write(out / "results.json", json.dumps(results, indent=2) + "\n")
     plot(curves, out / "dev_bleu.png")
     return results

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import click
 
+from rlhfkit.atomic import atomic_path, atomic_write
 from rlhfkit.cli_options import dataclass_options, quiet_libraries, run_reporting_errors
 from rlhfkit.config import opt
 
@@ -277,7 +278,7 @@ def run_overopt(cfg: OverOptConfig, progress: bool = True, echo=print) -> dict:
                            "eval_temperature": c.eval_temperature, "missing_eos_penalty": c.ppo.missing_eos_penalty}}
     write_jsonl(out / "points.jsonl", points)
     _write_csv(out / "points.csv", points)
-    (out / "fits.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write(out / "fits.json", json.dumps(result, indent=2) + "\n")
     plot_overopt(points, fits, out / "overopt.png")
     if out.resolve() == (run / "overopt").resolve() and ((run / "winrates.json").exists() or (run / "samples").is_dir()):
         from rlhfkit.eval import write_report
@@ -289,7 +290,7 @@ def run_overopt(cfg: OverOptConfig, progress: bool = True, echo=print) -> dict:
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
