@@ -149,6 +149,38 @@ def test_tokenizer_pad_is_eos_and_pads_left(tok):
     assert enc["attention_mask"][0, 0] == 0 and enc["attention_mask"][0, -1] == 1
 
 
+def _model_folder(path, tokenizer):
+    """A model folder holding ``tokenizer``'s files (and a config.json, as every checkpoint has)."""
+    import shutil
+
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(models.resolve("tiny") / "config.json", path / "config.json")
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_load_tokenizer_is_shared_between_folders_with_the_same_tokenizer_files(tmp_path):
+    """A loop loads the tokenizer from a dozen checkpoint folders that all hold copies of one tokenizer (~1 s
+    each): equal files give the one cached object; other files, or files rewritten in place, a fresh load."""
+    from transformers import AutoTokenizer
+
+    plain = AutoTokenizer.from_pretrained(models.resolve("tiny"))
+    a, b = _model_folder(tmp_path / "a", plain), _model_folder(tmp_path / "b", plain)
+    first = load_tokenizer(a)
+    assert load_tokenizer(b) is first and load_tokenizer(a) is first
+    other = AutoTokenizer.from_pretrained(models.resolve("tiny"))
+    other.add_tokens(["<extra>"])
+    c = _model_folder(tmp_path / "c", other)
+    assert load_tokenizer(c) is not first and len(load_tokenizer(c)) == len(first) + 1
+    _model_folder(a, other)  # a's tokenizer rewritten in place (a retrained model in the same folder): not stale
+    assert len(load_tokenizer(a)) == len(first) + 1 and len(load_tokenizer(b)) == len(first)
+    # what load_tokenizer promises holds even after a caller changed the shared object
+    shared = load_tokenizer(b)
+    shared.padding_side, shared.pad_token = "right", "<|im_start|>"
+    again = load_tokenizer(b)
+    assert again.padding_side == "left" and again.pad_token == again.eos_token == "<|im_end|>"
+
+
 # ---------------------------------------------------------------------------------------------
 # Dropout and LoRA
 

@@ -170,17 +170,54 @@ def resolve_tokenizer_dir() -> Path:
     return out
 
 
+# The files AutoTokenizer builds a tokenizer from (with config.json's model_type where tokenizer_config.json
+# names no class). Every checkpoint folder of a run holds copies of one tokenizer, so equal files are the key.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                    "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model", "chat_template.jinja",
+                    "chat_template.json")
+_TOKENIZER_CACHE_SIZE = 4
+_tokenizers: dict[str, tuple] = {}  # key -> (tokenizer, its pad token); insertion order = least recently used first
+
+
+def _tokenizer_key(path: Path) -> str | None:
+    """A digest of the folder's tokenizer files (None when it has none: nothing to key on)."""
+    files = [path / n for n in _TOKENIZER_FILES if (path / n).is_file()]
+    files += sorted(p for p in (path / "additional_chat_templates").glob("*") if p.is_file())
+    if not any(f.name in ("tokenizer.json", "tokenizer_config.json") for f in files):
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    if (path / "config.json").is_file():
+        h.update(str(json.loads((path / "config.json").read_text()).get("model_type")).encode())
+    return h.hexdigest()
+
+
 def load_tokenizer(name: str | os.PathLike):
-    """Tokenizer of a model, set up for batched generation: left padding, a pad token."""
+    """Tokenizer of a model, set up for batched generation: left padding, a pad token.
+
+    Cached (the last few) by the content of the folder's tokenizer files: a loop or a pipeline reloads the
+    same tokenizer from a dozen checkpoint folders, about 1 s each. Equal files give the same object, so a
+    caller must not change it (``copy.deepcopy`` first, as ``with_distinct_pad`` does); the two settings
+    promised here, left padding and the pad token, are put back on each call in case one did."""
     from transformers import AutoTokenizer
 
     path = resolve(name)
     if (path / "adapter_config.json").exists() and not (path / "tokenizer_config.json").exists():
         path = Path(_adapter_base(path))
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    key = _tokenizer_key(path)
+    if key in _tokenizers:
+        tokenizer, pad = _tokenizers[key] = _tokenizers.pop(key)  # now the most recently used
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        pad = tokenizer.pad_token if tokenizer.pad_token is not None else tokenizer.eos_token
+        if key is not None:
+            _tokenizers[key] = (tokenizer, pad)
+            while len(_tokenizers) > _TOKENIZER_CACHE_SIZE:
+                _tokenizers.pop(next(iter(_tokenizers)))
     tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token != pad:
+        tokenizer.pad_token = pad
     return tokenizer
 
 
