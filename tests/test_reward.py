@@ -206,7 +206,10 @@ def test_each_prompt_weighs_the_same_in_the_reward_loss(tmp_path, tok):
 def _ctx(run, **kw):
     from rlhfkit.pipeline.config import PipelineConfig, wire
 
-    return SimpleNamespace(cfg=wire(PipelineConfig(out=str(run), **kw), run, "no"), run=run, mp="no", progress=False)
+    from rlhfkit.processes import Processes
+
+    return SimpleNamespace(cfg=wire(PipelineConfig(out=str(run), **kw), run, "no"), run=run, mp="no", progress=False,
+                           processes=Processes())
 
 
 def test_pipeline_reward_model_is_normalised_on_sft_samples(tmp_path, monkeypatch):
