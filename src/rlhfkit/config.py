@@ -34,7 +34,7 @@ class RunConfig:
 class CommonConfig(RunConfig):
     """What every gradient-based trainer adds: checkpoints, resume, LoRA."""
 
-    save_every: int = opt(0, "Write a checkpoint every N optimiser steps (0: only at the end).")
+    save_every: int = opt(0, "Write a checkpoint every N optimiser steps and at the end (0: no checkpoint at all; the final model is written either way).")
     resume: str | None = opt(None, "Continue the run in this run directory from its last checkpoint.")
     max_nonfinite_steps: int = opt(3, "A step whose loss or reward is NaN or infinite makes no update (a warning names it); this many in a row stop the run with an error (0: never stop).")
     lora_r: int = opt(0, "LoRA rank (0: train all parameters). With LoRA the reference model is the same network with adapters disabled.")
