@@ -10,7 +10,7 @@ only the main process writes files.
 from __future__ import annotations
 
 import os
-from typing import Callable, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -35,10 +35,14 @@ class Processes:
     def is_main(self) -> bool:
         return self.index == 0
 
-    def part(self, n: int) -> tuple[int, int]:
+    def part(self, n: int, align: int = 1) -> tuple[int, int]:
         """(start, stop) of this process's contiguous block of ``n`` items: process i takes
-        ``n*i//P .. n*(i+1)//P``, so blocks differ by at most one item and, in process order, make up 0..n."""
-        return n * self.index // self.count, n * (self.index + 1) // self.count
+        ``n*i//P .. n*(i+1)//P``, so blocks differ by at most one item and, in process order, make up 0..n.
+        With ``align`` > 1 the blocks are cut at multiples of ``align`` (whole batches of that size: the
+        ceil(n/align) batches are shared as the items are above, the last one may be short)."""
+        batches = -(-n // max(1, align))
+        lo, hi = batches * self.index // self.count, batches * (self.index + 1) // self.count
+        return min(n, lo * align), min(n, hi * align)
 
     def gather(self, items: list[T]) -> list[T]:
         """Every process's ``items`` (any picklable objects) concatenated in process order, on every
@@ -48,6 +52,19 @@ class Processes:
         from accelerate.utils import gather_object
 
         return gather_object(list(items))
+
+    def map_parts(self, fn: Callable[[list], Sequence[T]], items: Sequence, align: int = 1) -> list[T]:
+        """``fn`` (one result per item) on this process's ``part`` of ``items``, every part's results in order on
+        every process: for deterministic work item by item (a forward pass that scores each item), so that P
+        processes each do 1/P of it. Every process calls it with the same ``items``; ``fn`` is not called on an
+        empty part. ``align``: a ``fn`` that works in batches of ``align`` from the start of its list then runs
+        the very batches one process runs (the same padding: the same numbers to the last bit). Random draws
+        do not belong in ``fn``: each part would draw what one process draws for the first items."""
+        lo, hi = self.part(len(items), align)  # 0, len(items) on one process
+        mine = list(fn(list(items[lo:hi]))) if hi > lo else []
+        if len(mine) != hi - lo:
+            raise ValueError(f"map_parts: fn returned {len(mine)} results for {hi - lo} items")
+        return self.gather(mine)
 
     def barrier(self) -> None:
         """Wait until every process gets here."""

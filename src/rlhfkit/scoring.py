@@ -145,6 +145,10 @@ class EnsembleScorer:
         members = [RewardScorer.load(Path(path) / n, batch_size, bf16, device, center) for n in names]
         return cls(members, std_penalty, names)
 
+    @property
+    def batch_size(self) -> int:  # the members score alike
+        return self.members[0].batch_size
+
     @torch.no_grad()
     def member_scores(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         """(B, K): each member's score of each response."""
@@ -166,6 +170,22 @@ def load_reward_model(path, batch_size: int = 32, bf16: bool = False, device=Non
         raise ValueError(f"reward_std_penalty {std_penalty} needs an ensemble of reward models, and {path} is a single "
                          f"one (no {ENSEMBLE_FILE}): train one with `rlhfkit reward --ensemble K`")
     return RewardScorer.load(path, batch_size, bf16, device, center)
+
+
+def score_on_processes(processes, reward_fn: RewardFn, prompts: list[str], responses: list[str]) -> torch.Tensor:
+    """``reward_fn``'s (B,) scores of the pairs, on every one of ``processes`` (``rlhfkit.processes.Processes``;
+    every process calls this with the same pairs). A reward model (``RewardScorer``, ``EnsembleScorer``: a
+    forward pass per pair) is split: each process scores a part, cut at its batch size so that every batch
+    is the one a single process runs (the same scores to the last bit). Any other reward (a python
+    function, which may draw random numbers or keep state) runs whole on the main process, as with one."""
+    n = len(prompts)
+    if isinstance(reward_fn, (RewardScorer, EnsembleScorer)):
+        pairs = list(zip(prompts, responses))
+        values = processes.map_parts(lambda part: as_scores(reward_fn([p for p, _ in part], [r for _, r in part]), len(part)).tolist(),
+                                     pairs, align=reward_fn.batch_size)
+    else:
+        values = processes.from_main(lambda: as_scores(reward_fn(prompts, responses), n).tolist())
+    return torch.tensor(values, dtype=torch.float32)
 
 
 def load_task_reward(spec: str) -> RewardFn:

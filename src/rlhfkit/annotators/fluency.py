@@ -113,23 +113,45 @@ class InitialModelFluency:
         self._lm = self._tok = None
         self._memo: dict[tuple[str, str], float] = {}
 
+    def _todo(self, openings, responses) -> list[tuple[str, str]]:
+        """The pairs not remembered yet, non-empty, sorted (grouped by opening), each once."""
+        return sorted({k for k in zip(openings, responses) if k not in self._memo and k[1].strip()})
+
     @torch.no_grad()
-    def __call__(self, openings, responses) -> np.ndarray:
+    def _score(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """Mean log-likelihood of each (opening, response) pair, in batches of ``batch_size`` from the first."""
         from rlhfkit.models import load_frozen_lm, load_tokenizer
         from rlhfkit.forward import autocast_context, encode_prompts, encode_responses, forward_response
 
-        keys = list(zip(openings, responses))
-        todo = sorted({k for k in keys if k not in self._memo and k[1].strip()})  # grouped by opening
-        if todo and self._lm is None:
+        if pairs and self._lm is None:
             self._tok = load_tokenizer(self.model_name)
             self._lm = load_frozen_lm(self.model_name, self.bf16).eval()
-        for s in range(0, len(todo), self.batch_size):
-            chunk = todo[s : s + self.batch_size]
+        out: list[float] = []
+        for s in range(0, len(pairs), self.batch_size):
+            chunk = pairs[s : s + self.batch_size]
             device = next(self._lm.parameters()).device
             p_ids, p_mask = encode_prompts(self._tok, [self.format_prompt(o) for o, _ in chunk], device=device)
             r_ids, r_mask = encode_responses(self._tok, [r for _, r in chunk], add_eos=False, max_tokens=128, device=device)
             with autocast_context(device, self.bf16):
                 lp = forward_response(self._lm, p_ids, p_mask, r_ids, r_mask, share_prompts=True)["logprobs"].float()
-            mean = (lp * r_mask).sum(1) / r_mask.sum(1).clamp(min=1)
-            self._memo.update(zip(chunk, mean.double().tolist()))
+            out += ((lp * r_mask).sum(1) / r_mask.sum(1).clamp(min=1)).double().tolist()
+        return out
+
+    def __call__(self, openings, responses) -> np.ndarray:
+        keys = list(zip(openings, responses))
+        todo = self._todo(openings, responses)
+        if todo:
+            self._memo.update(zip(todo, self._score(todo)))
         return np.array([self._memo.get(k, np.nan) for k in keys], dtype=float)
+
+    def prefetch(self, openings, responses, processes) -> None:
+        """Score the pairs not remembered yet split between ``processes`` (``rlhfkit.processes.Processes``),
+        and remember every one of them on every process, so that later calls on any process (the panel's
+        judging on the main process) find them. Called by every process with the same pairs. The main
+        process's memory decides what is left to score, and the parts are cut at ``batch_size``: each
+        process runs the batches one process would run, so the values are those of one process to the
+        last bit (and on one process this is the call the panel would have made first)."""
+        todo = processes.from_main(lambda: self._todo(openings, responses))
+        values = processes.map_parts(self._score, todo, align=self.batch_size)
+        for k, v in zip(todo, values):
+            self._memo.setdefault(k, v)

@@ -223,6 +223,15 @@ class Panel:
         """(N,) noise-free panel-mean utility: the "gold reward" for plots and evaluation."""
         return self.utilities(self.features(prompts, responses)).mean(axis=1)
 
+    def prefetch(self, prompts: Sequence[str], responses: Sequence[str], processes) -> None:
+        """Work out ahead the costly part of judging these pairs, the fluency feature (a forward pass under
+        the initial model), split between ``processes`` (``rlhfkit.processes.Processes``; every process calls
+        this with the same pairs) when the fluency_fn can (``InitialModelFluency.prefetch``); the other
+        features are cheap. Draws no random numbers: ``rank``, ``compare`` and the rest draw as before."""
+        prefetch = getattr(self.fluency_fn, "prefetch", None)
+        if prefetch is not None:
+            prefetch(list(prompts), list(responses), processes)
+
     # ------------------------------------------------------------------ rankings
     def rank(
         self,

@@ -101,6 +101,16 @@ def sample_responses(ctx: Context, model_path, prompts: list[str], n: int, tempe
     return ctx.processes.gather(ro.responses if ro is not None else [])
 
 
+def prefetch_judging(ctx: Context, openings: list[str], responses: list[str]) -> None:
+    """Called by every process with the same pairs before the main process judges them: the judge's costly
+    deterministic part (the panel's fluency under the initial model) is computed split between the processes
+    (``Judge.prefetch``, where the judge has one). The judging, and every random draw in it, stays whole on
+    the main process."""
+    prefetch = getattr(ctx.judge, "prefetch", None)
+    if prefetch is not None:
+        prefetch(openings, responses, ctx.processes)
+
+
 def reward_scorer(ctx: Context):
     """The reward model as the pipeline uses it: its saved system prompt and token limits, and centred
     (SFT samples score mean 0), so the reported proxy reads as "better or worse than SFT"; an ensemble

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from rlhfkit.data import write_jsonl
-from rlhfkit.pipeline.context import Context, reward_scorer, sample
+from rlhfkit.pipeline.context import Context, prefetch_judging, reward_scorer, sample
 from rlhfkit.pipeline.seeds import stream_seed
+from rlhfkit.scoring import score_on_processes
 
 
 @torch.no_grad()
@@ -71,7 +72,9 @@ def stage_eval(ctx: Context) -> dict:
     log pi_SFT(y|x); for best-of-n, the analytic log n - (n-1)/n.
 
     Several processes sample (and take the KL of) a part of the prompts each, with the streams one process
-    would use for them (``sample_grouped``); the main process judges, scores and writes, the others return None."""
+    would use for them (``sample_grouped``), and split the forward passes of judging and scoring (the panel's
+    fluency, the reward model) in the batches one process runs; the main process judges, writes and returns
+    the win-rates, the others return None."""
     from rlhfkit.eval import build_winrates, write_report
     from rlhfkit.models import load_frozen_lm
 
@@ -104,11 +107,9 @@ def stage_eval(ctx: Context) -> dict:
             kls[name] = ((ro.logprobs * ro.response_mask).sum(1) - lp_sft).tolist()
     for name in responses:
         kls.setdefault(name, [0.0] * len(responses[name]))
-    # every process's part, in prompt order, on the main process (which alone judges and writes)
+    # every process's part, in prompt order, on every process (the main one alone judges and writes)
     responses = {name: ctx.processes.gather(responses[name]) for name in models}
     kls = {name: ctx.processes.gather(kls[name]) for name in models}
-    if not ctx.processes.is_main:
-        return None
     scorer = reward_scorer(ctx) if (ctx.run / "reward" / "config.json").exists() else None
     bon_rows = _read_rows(ctx.run / "best_of_n" / "candidates.jsonl")
     if bon_rows and [r["prompt"] for r in bon_rows] == prompts[: len(bon_rows)]:
@@ -125,8 +126,14 @@ def stage_eval(ctx: Context) -> dict:
     flat = sorted(((m, r) for m in responses for r in range(len(responses[m]))), key=lambda t: where[t[0]][t[1]][0])
     flat_r = [responses[m][r] for m, r in flat]
     flat_i = [where[m][r][0] for m, r in flat]
+    # the forward passes split between the processes (the panel's fluency, the reward model), each in the
+    # batches one process runs: the same numbers as one process; the judging itself on the main process
+    prefetch_judging(ctx, [openings[i] for i in flat_i], flat_r)
+    proxy_flat = (score_on_processes(ctx.processes, scorer, [prompts[i] for i in flat_i], flat_r).tolist()
+                  if scorer is not None else [None] * len(flat))
+    if not ctx.processes.is_main:
+        return None
     gold_flat = np.asarray(ctx.judge.gold_reward([openings[i] for i in flat_i], flat_r))
-    proxy_flat = scorer([prompts[i] for i in flat_i], flat_r).tolist() if scorer is not None else [None] * len(flat)
     position = {t: j for j, t in enumerate(flat)}
     for name, resp in responses.items():
         at = [position[(name, r)] for r in range(len(resp))]

@@ -20,9 +20,10 @@ import numpy as np
 from rlhfkit.atomic import atomic_json, crash_point, remove_leftovers
 from rlhfkit.data import write_jsonl
 from rlhfkit.pipeline.config import PipelineConfig
-from rlhfkit.pipeline.context import Context, reward_scorer, sample_responses
+from rlhfkit.pipeline.context import Context, prefetch_judging, reward_scorer, sample_responses
 from rlhfkit.pipeline.evaluate import _read_rows, stage_eval
 from rlhfkit.pipeline.seeds import stream_seed
+from rlhfkit.scoring import score_on_processes
 
 
 def stage_sft(ctx: Context) -> Path:
@@ -38,7 +39,8 @@ def stage_preferences(ctx: Context) -> Path:
     """K responses per preference prompt, drawn from the models in ``pref_sources`` (the lecture: outputs
     from the current and the initial model give diversity and hard negatives), shuffled, and each set
     ranked by one simulated annotator with label noise (AlpacaFarm). Several processes sample a part of the
-    prompts each; the main process ranks them all and writes the files (the others wait: ``run_pipeline``)."""
+    prompts each, and run a part of the panel's fluency pass over the samples; the main process ranks them all
+    (every random draw of the panel as one process draws it) and writes the files (the others wait)."""
     c = ctx.cfg
     openings = ctx.split("preference", c.pref_prompts)
     prompts = ctx.frame(openings)
@@ -56,6 +58,10 @@ def stage_preferences(ctx: Context) -> Path:
                                          f"sampling {k} per preference prompt from {src}")
             drawn[src] = [responses[i * k : (i + 1) * k] for i in range(len(prompts))]
     out = ctx.run / "prefs" / "rankings.jsonl"
+    # the fluency of every sample under the initial model, split between the processes (each in the batches
+    # one process runs); ranking, with all its random draws, stays whole on the main process
+    pairs = [(openings[i], r) for i in range(len(prompts)) for src in drawn for r in drawn[src][i]]
+    prefetch_judging(ctx, [o for o, _ in pairs], [r for _, r in pairs])
     if not ctx.processes.is_main:
         return out
     rng = np.random.default_rng(c.seed + 2)
@@ -163,8 +169,8 @@ def stage_grpo(ctx: Context) -> Path:
 
 def stage_best_of_n(ctx: Context) -> Path:
     """Best-of-n from the SFT model on the first ``bon_prompts`` eval prompts (the evaluation judges them).
-    Several processes sample a part of the prompts each; the main process scores every candidate (in the
-    batches one process would: the same scores to the last bit), picks and writes."""
+    Several processes sample a part of the prompts each and score a part of the candidates (in the batches
+    one process would: the same scores to the last bit); the main process picks and writes."""
     from rlhfkit.models import load_frozen_lm, load_tokenizer
     from rlhfkit.train.best_of_n import generation_config, sample_grouped_parts, select_best, write_best_of_n
 
@@ -175,9 +181,10 @@ def stage_best_of_n(ctx: Context) -> Path:
     drawn = sample_grouped_parts(ctx.processes, lambda: (load_frozen_lm(bon.model, c.bf16), load_tokenizer(bon.model)), prompts,
                                  bon.n, generation_config(bon), stream_seed(c.seed, "eval:best_of_n"), c.bf16,
                                  f"best-of-{bon.n}: sampling", ctx.progress)
+    # each process scores a part of the candidates, in the batches one process runs (the same scores)
+    scores = score_on_processes(ctx.processes, reward_scorer(ctx), [p for p in prompts for _ in range(bon.n)], drawn.responses)
     if not ctx.processes.is_main:
         return Path(bon.out) / "responses.jsonl"
-    scores = reward_scorer(ctx)([p for p in prompts for _ in range(bon.n)], drawn.responses)
     picked, rows = select_best(prompts, drawn, scores, bon.n, bon.missing_eos_penalty)
     return write_best_of_n(Path(bon.out), prompts, picked, rows, bon.n)
 

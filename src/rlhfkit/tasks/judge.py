@@ -50,6 +50,10 @@ class Judge(Protocol):
         ...
 
 
+# Optional: ``prefetch(prompts, responses, processes)``, called by every process of a run with the same pairs
+# before the main process judges them: the judge may compute its costly deterministic part of them (the
+# panel's fluency under the initial model) split between the processes and keep it for the calls above.
+
 # (task, initial model name or path, bf16, seed) -> the judge. It may use the task (its framing, its
 # references) and load the initial model (the panel's fluency); ``Task.make_judge`` passes the task.
 JudgeFactory = Callable[[Any, str, bool, int], Judge]

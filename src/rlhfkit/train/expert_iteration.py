@@ -21,7 +21,7 @@ import numpy as np
 from rlhfkit.atomic import atomic_json
 from rlhfkit.config import ExpertIterationConfig, SFTConfig
 from rlhfkit.data import load_prompts, write_jsonl
-from rlhfkit.scoring import RewardFn, load_reward
+from rlhfkit.scoring import RewardFn, load_reward, score_on_processes
 from rlhfkit.train.best_of_n import generation_config, sample_grouped_parts, select_best
 from rlhfkit.train.common import resolve_config_precision
 
@@ -60,8 +60,8 @@ def expert_iteration(cfg: ExpertIterationConfig, prompts: list[str], reward_fn: 
             round in progress is (its sampling is seeded, so it draws the same winners) and its SFT goes
             on from its last checkpoint. Without it, earlier runs' round markers are removed first.
         processes: the run's processes (``rlhfkit.processes.Processes``, default: as launched): each samples
-            a part of a round's prompts; the main process scores them all, picks the winners and writes the
-            files; every process trains the round's SFT (each its share of every batch).
+            a part of a round's prompts and, for a reward model, scores a part of the samples; the main process
+            picks the winners and writes the files; every process trains the round's SFT (each its share of every batch).
 
     Example::
 
@@ -93,8 +93,10 @@ def expert_iteration(cfg: ExpertIterationConfig, prompts: list[str], reward_fn: 
         drawn = sample_grouped_parts(procs, lambda m=model: (load_lm(m), load_tokenizer(m)), chunk, cfg.n, generation_config(cfg),
                                      sample_seed(r), bf16, f"expert iteration {r}: best-of-{cfg.n}", progress)
 
-        def pick_and_write(r=r, chunk=chunk, drawn=drawn):  # the main process: scores in one process's batches
-            scores = reward_fn([p for p in chunk for _ in range(cfg.n)], drawn.responses)
+        # a reward model scores split between the processes (in one process's batches: the same scores)
+        scores = score_on_processes(procs, reward_fn, [p for p in chunk for _ in range(cfg.n)], drawn.responses)
+
+        def pick_and_write(r=r, chunk=chunk, drawn=drawn, scores=scores):  # the main process
             picked, rows = select_best(chunk, drawn, scores, cfg.n, cfg.missing_eos_penalty)
             demos = expert_demonstrations(chunk, picked, rows)
             write_jsonl(out / f"round-{r}.jsonl", demos)
