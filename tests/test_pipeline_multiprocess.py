@@ -4,7 +4,9 @@ pipeline's files once; the sampling stages, which split their prompts between th
 process draws for the same models (each sample row keeps its own random stream), so that one process
 rerunning preferences, best-of-n, expert iteration's first sampling and the evaluation on the two-process
 run's models writes the same files byte for byte (the KL column within float rounding: each process's
-share is sampled and scored in batches of its own), and a winrates.json of the same methods and counts."""
+share is sampled and scored in batches of its own), and a winrates.json of the same methods and counts.
+The scoring passes (the panel's fluency, the reward model) are split too, cut at their batch size: the
+gold, proxy and best-of-n score columns are one process's to the last bit, not merely within 1e-5."""
 
 from __future__ import annotations
 
@@ -38,11 +40,12 @@ def two_process_run(tmp_path_factory):
                            str(run), str(log)], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     writes = {rank: json.loads(Path(f"{log}.{rank}.json").read_text()) for rank in (0, 1)}
-    return run, writes, proc.stdout
+    parts = {rank: json.loads(Path(f"{log}.{rank}.parts.json").read_text()) for rank in (0, 1)}
+    return run, writes, proc.stdout, parts
 
 
 def test_two_process_smoke_pipeline_finishes_and_only_the_main_process_writes(two_process_run):
-    run, writes, stdout = two_process_run
+    run, writes, stdout, _ = two_process_run
     assert all((run / "stages" / f"{s}.done").exists() for s in STAGES)
     assert stdout.count("== sft") == 1 and stdout.count("Win-rate against Initial") == 1  # one process echoes
     assert writes[1] == [], writes[1][:10]  # the other process wrote, renamed, made or removed nothing in the run
@@ -65,7 +68,7 @@ def test_sharded_sampling_stages_draw_what_one_process_draws(two_process_run, tm
     from rlhfkit.pipeline.config import bundled_config_path, load_pipeline_config, preset_overrides
     from rlhfkit.pipeline.stages import run_pipeline
 
-    two, _, _ = two_process_run
+    two, _, _, _ = two_process_run
     one = tmp_path / "run"
     shutil.copytree(two, one)
     for f in ("prefs/rankings.jsonl", "best_of_n/candidates.jsonl", "expert_iteration/round-1.jsonl", "winrates.json"):
@@ -86,3 +89,15 @@ def test_sharded_sampling_stages_draw_what_one_process_draws(two_process_run, tm
         r1, r2 = w1["methods"][m], w2["methods"][m]
         assert {k: v for k, v in r1.items() if k != "kl"} == {k: v for k, v in r2.items() if k != "kl"}, m
         assert abs(r1["kl"] - r2["kl"]) < 1e-4, m
+
+
+def test_scoring_passes_are_split_between_the_processes(two_process_run):
+    """The eval's forward passes of judging and scoring (the panel's fluency under the initial model, the
+    reward model's proxy) ran in two parts, one per process, cut at their batch size (64), that together
+    cover every item once; the rerun above finds their gold and proxy columns equal to one process's."""
+    _, _, _, parts = two_process_run
+    assert [p[:2] for p in parts[0]] == [p[:2] for p in parts[1]]  # the same calls, on the same items, in order
+    for (what, n, lo0, hi0), (_, _, lo1, hi1) in zip(parts[0], parts[1]):
+        assert (lo0, hi0, hi1) == (0, lo1, n) and lo1 % 64 == 0, what
+    split = {what for (what, n, _, _), (_, _, lo1, hi1) in zip(parts[0], parts[1]) if 0 < lo1 < hi1}
+    assert {"InitialModelFluency._score", "score_on_processes.<locals>.<lambda>"} <= split, parts[0]
