@@ -1,5 +1,6 @@
-"""rlhfkit loop: iterated RLHF with the simulated judge and with the feedback app (tests/toy.py's good/bad
-words as the task, its share of 'good' as the gold reward)."""
+"""rlhfkit loop: iterated RLHF with the simulated judge and with the feedback app, on tests/toy.py's good/bad
+words: a tiny model taught to write mostly 'bad' (one word in four 'good'), and as the gold either the share of
+'good' (the app tests) or a count of 'good' peaked at 2, which the policy overshoots (the learning test)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,21 @@ import yaml
 
 from toy import WORDS, write_jsonl
 
+# Two or more 'good' among the SFT model's answers is rare (~1 in 7, 3 or more ~1 in 7 of those), so the round-1
+# reward model, trained on SFT samples, learns "more 'good' is better"; the round-1 policy chases that past 2,
+# where the gold turns down: on its samples the round-1 reward model is wrong (below chance), and the round-2
+# reward model, trained on that policy's labelled samples too, learns the turn. A real distribution shift.
+PEAKED_TASK_PY = """from rlhfkit.tasks import TaskSpec
+from rlhfkit.tasks.judge import RewardJudge
+
+
+def peaked(prompts, responses):
+    return [-abs(sum(w == 'good' for w in r.split()) - 2) for r in responses]
+
+
+TASK = TaskSpec(instruction='Say words.', make_judge=lambda task, model, bf16, seed: RewardJudge(peaked, "count of 'good' peaked at 2"))
+"""
+
 TASK_PY = """from rlhfkit.tasks import TaskSpec
 from rlhfkit.tasks.judge import RewardJudge
 
@@ -25,8 +41,8 @@ TASK = TaskSpec(instruction='Say words.', make_judge=lambda task, model, bf16, s
 """
 
 
-def good_bad_task(root: Path) -> Path:
-    """The toy as a task folder: 'Say words i.' prompts in every split, the judge the share of 'good'."""
+def good_bad_task(root: Path, task_py: str = TASK_PY) -> Path:
+    """The toy as a task folder: 'Say words i.' prompts in every split, the judge ``task_py``'s (the share of 'good')."""
     import random
 
     root.mkdir(parents=True, exist_ok=True)
@@ -35,13 +51,29 @@ def good_bad_task(root: Path) -> Path:
                                      for i in range(16)])
     for split, n in (("preference", 64), ("unlabeled", 64), ("eval", 16)):
         write_jsonl(root / f"{split}.jsonl", [{"prompt": f"Say words {split} {i}."} for i in range(n)])
-    (root / "task.py").write_text(TASK_PY)
+    (root / "task.py").write_text(task_py)
     return root
 
 
-def toy_pipeline(tmp_path: Path, **sections) -> Path:
+@pytest.fixture(scope="module")
+def mostly_bad_sft(tmp_path_factory) -> Path:
+    """The tiny model taught to write 8 words, each 'good' with probability 1/4 (as tests/toy.py's, otherwise)."""
+    import random
+
+    from rlhfkit.config import SFTConfig
+    from rlhfkit.train.sft import train_sft
+
+    d = tmp_path_factory.mktemp("mostly_bad_sft")
+    rng = random.Random(0)
+    rows = [{"prompt": f"Say words {i}.", "completion": " ".join("good" if rng.random() < 0.25 else "bad" for _ in range(8))}
+            for i in range(64)]
+    return train_sft(SFTConfig(model="tiny", data=str(write_jsonl(d / "sft.jsonl", rows)), out=str(d / "run"), max_steps=40,
+                               batch_size=16, lr=1e-2), progress=False)
+
+
+def toy_pipeline(tmp_path: Path, task_py: str = TASK_PY, **sections) -> Path:
     """A pipeline config for the toy: the tiny model, short answers, no label noise, RLOO as in test_grpo."""
-    cfg = {"model": "tiny", "task": str(good_bad_task(tmp_path / "goodbad")), "bf16": False, "max_new_tokens": 8,
+    cfg = {"model": "tiny", "task": str(good_bad_task(tmp_path / "goodbad", task_py)), "bf16": False, "max_new_tokens": 8,
            "system_prompt": None, "gen_batch_size": 64, "pref_k": 4, "flip_prob": 0.0,
            "reward": {"epochs": 4.0, "lr": 3e-4, "batch_size": 4, "eval_fraction": 0.0},
            "rloo": {"steps": 6, "batch_size": 4, "samples_per_prompt": 4, "lr": 2e-3, "kl_coef": 0.1}, **sections}
@@ -53,16 +85,19 @@ def toy_pipeline(tmp_path: Path, **sections) -> Path:
 def loop_cfg(tmp_path, sft, **kw):
     from rlhfkit.loop import LoopConfig
 
-    base = dict(out=str(tmp_path / "loop"), pipeline_config=str(toy_pipeline(tmp_path)), pipeline_preset="", sft=str(sft),
+    # toy_pipeline only when no config is given: it rewrites tmp_path's task folder and pipeline.yaml
+    config = kw.pop("pipeline_config", None) or str(toy_pipeline(tmp_path))
+    base = dict(out=str(tmp_path / "loop"), pipeline_config=config, pipeline_preset="", sft=str(sft),
                 rounds=2, method="rloo", prefs_per_round=16, eval_prompts=8, eval_samples=4)
     return LoopConfig(**{**base, **kw})
 
 
-def test_two_rounds_with_the_simulated_judge(tmp_path, good_bad_sft):
+def test_two_rounds_with_the_simulated_judge(tmp_path, mostly_bad_sft):
     from rlhfkit.loop import run_loop
 
     # 8 samples per eval prompt: ~160 gold-labelled pairs (4 gave ~38), so that one or two pairs do not decide
-    res = run_loop(loop_cfg(tmp_path, good_bad_sft, eval_samples=8), progress=False, echo=print)
+    peaked = toy_pipeline(tmp_path / "peaked", PEAKED_TASK_PY)
+    res = run_loop(loop_cfg(tmp_path, mostly_bad_sft, pipeline_config=str(peaked), eval_samples=8), progress=False, echo=print)
     out = tmp_path / "loop"
     rows = [json.loads(l) for l in (out / "rounds.jsonl").read_text().splitlines()]
     assert rows == json.loads(json.dumps(res["rounds"]))
@@ -72,9 +107,12 @@ def test_two_rounds_with_the_simulated_judge(tmp_path, good_bad_sft):
         assert {"gold", "proxy", "kl", "rm_accuracy", "rm_accuracy_on_previous_policy"} <= set(r)
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-3)  # SFT against itself
     # the refreshed reward model, trained on the first policy's labelled samples too, orders that policy's fresh
-    # samples (the eval prompts: never labelled) better than the reward model the policy was trained against
-    print("round 1 RM on pi_1's samples", rows[1]["rm_accuracy"], "round 2 RM on them", rows[2]["rm_accuracy_on_previous_policy"])
-    assert rows[2]["rm_accuracy_on_previous_policy"] > rows[1]["rm_accuracy"]
+    # samples (the eval prompts: never labelled) much better than the reward model the policy was trained against,
+    # which, having seen few answers past the gold's peak, ranks them the wrong way round
+    print("round 1 RM on pi_1's samples", rows[1]["rm_accuracy"], "round 2 RM on them", rows[2]["rm_accuracy_on_previous_policy"],
+          "pairs", rows[1]["rm_pairs"])
+    assert rows[1]["rm_accuracy"] < 0.5
+    assert rows[2]["rm_accuracy_on_previous_policy"] > rows[1]["rm_accuracy"] + 0.2
     assert (out / "loop.png").stat().st_size > 0
     state = json.loads((out / "loop_state.json").read_text())
     assert state["status"] == "done" and state["round"] == 2 and len(state["curves"]) == 3
@@ -129,7 +167,7 @@ def _app_cfg(tmp_path, sft, db, reward=None, **kw):
 
 
 @pytest.fixture(scope="module")
-def app_run(tmp_path_factory, good_bad_sft):
+def app_run(tmp_path_factory, mostly_bad_sft):
     """One loop run in app mode shared by the tests below: 2 rounds, a person labelling in the background, an
     ensemble of 2 reward models and active learning (round 2 labels the 4 of 8 candidate groups the round-1
     ensemble disagrees on most); smoke sizes."""
@@ -143,7 +181,7 @@ def app_run(tmp_path_factory, good_bad_sft):
     user, stop, seen = _annotator(engine), threading.Event(), []
     worker = _label_in_background(engine, user, stop, seen)
     try:
-        res = run_loop(_app_cfg(tmp_path, good_bad_sft, db, reward={"ensemble": 2}, rounds=2, timeout=120.0,
+        res = run_loop(_app_cfg(tmp_path, mostly_bad_sft, db, reward={"ensemble": 2}, rounds=2, timeout=120.0,
                                 active_learning=True, pool_factor=2), progress=False, echo=print)
     finally:
         stop.set()
@@ -216,7 +254,7 @@ def test_active_learning_shows_the_most_disagreed_groups_first(app_run):
     assert shown == by_round[2]  # the person labelled them most-disagreed first
 
 
-def test_app_mode_times_out_cleanly(tmp_path, good_bad_sft):
+def test_app_mode_times_out_cleanly(tmp_path, mostly_bad_sft):
     from rlhfkit.feedback import service as svc
     from rlhfkit.feedback.db import make_engine
     from rlhfkit.loop import run_loop
@@ -224,7 +262,7 @@ def test_app_mode_times_out_cleanly(tmp_path, good_bad_sft):
 
     db = f"sqlite:///{tmp_path / 'feedback.db'}"
     with pytest.raises(LabelTimeout, match=r"round 1: 0 of 4 labels came in within --timeout 0.2 s"):
-        run_loop(_app_cfg(tmp_path, good_bad_sft, db, timeout=0.2), progress=False, echo=print)
+        run_loop(_app_cfg(tmp_path, mostly_bad_sft, db, timeout=0.2), progress=False, echo=print)
     engine = make_engine(db)
     state = svc.get_loop_state(engine)
     assert state["status"] == "timed_out" and state["labels_in"] == 0 and state["labels_needed"] == 4
