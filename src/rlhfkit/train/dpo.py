@@ -181,7 +181,6 @@ def train_dpo(cfg: DPOConfig, progress: bool = True) -> Path:
     total = total_steps(cfg, len(train_groups), run.processes)
     optimizer, scheduler = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, cfg.warmup_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    inner = accelerator.unwrap_model(model)
     batches = run.batches(len(train_groups), cfg.batch_size)
     step = run.track(optimizer, scheduler, batches,
                      save=lambda ckpt: save_model(accelerator, model, tokenizer, ckpt / "model", merge=False))
