@@ -128,19 +128,26 @@ def _kill_and_resume(out: Path, points: list[str]) -> str:
     return "\n".join(said + [res.stdout])
 
 
-def test_killed_in_training_and_in_a_write_the_run_resumes_to_the_same_winrates(tmp_path, uninterrupted):
-    """SIGKILL after PPO's checkpoint-2 (resumed from it, not rerun) and in the evaluation just before
-    samples/ppo.jsonl is renamed into place (a half-written file does not count as done)."""
+def test_killed_in_each_stage_the_run_resumes_to_the_same_winrates(tmp_path, uninterrupted):
+    """One SIGKILL in each of the seven stages, each run a resume of the last: between SFT's checkpoints
+    (resumed from checkpoint-2, not rerun), before the preferences' agreement.json is renamed into place,
+    half way through the reward model's checkpoint-3 (resumed from checkpoint-2), between PPO's checkpoints,
+    before best-of-n's summary, in expert iteration's first round, and in the evaluation just before
+    samples/ppo.jsonl is renamed (a half-written file does not count as done)."""
     out = tmp_path / "run"
-    said = _kill_and_resume(out, ["step:*/ppo:2", "before-rename:*/samples/ppo.jsonl"])
-    assert "resuming from checkpoint-2" in said
+    said = _kill_and_resume(out, ["step:*/sft:2", "before-rename:*/prefs/agreement.json",
+                                  "checkpoint-half:*/reward/checkpoint-3", "step:*/ppo:2",
+                                  "before-rename:*/best_of_n/summary.json", "step:*/round-1:1",
+                                  "before-rename:*/samples/ppo.jsonl"])
+    assert said.count("resuming from checkpoint-2") >= 3  # sft, reward (its checkpoint-3 was half), ppo
     assert "== sft: done before, not rerun" in said and "== eval: done before" not in said
     assert _fingerprint(out) == uninterrupted
+    assert not [p for p in out.rglob(".*") if ".tmp" in p.name]  # the killed runs' temporary files are gone
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("RLHFKIT_KILL_ALL") != "1", reason="ten kill points, ~10 more pipeline starts: RLHFKIT_KILL_ALL=1 runs it")
-def test_killed_in_every_stage_the_run_resumes_to_the_same_winrates(tmp_path, uninterrupted):
+@pytest.mark.skipif(os.environ.get("RLHFKIT_KILL_ALL") != "1", reason="ten more kill points of other kinds, ~10 more pipeline starts: RLHFKIT_KILL_ALL=1 runs it")
+def test_killed_at_every_kind_of_point_the_run_resumes_to_the_same_winrates(tmp_path, uninterrupted):
     """A kill in each stage, one after the other, at a point of every kind: between the steps of a
     training stage, inside a checkpoint, before a file's rename (the data of a stage, its final model,
     its summary, a stage's report), after a stage's work but before its marker."""
