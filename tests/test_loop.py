@@ -269,3 +269,49 @@ def test_app_mode_times_out_cleanly(tmp_path, mostly_bad_sft):
     assert json.loads((tmp_path / "loop" / "loop_state.json").read_text())["status"] == "timed_out"
     assert not (tmp_path / "loop" / "round-1" / "reward").exists()  # nothing trained on missing labels
     engine.dispose()
+
+
+def test_label_ahead_posts_the_next_round_before_the_policy_trains(tmp_path, mostly_bad_sft, monkeypatch):
+    """With label_ahead, round 2's tasks (samples of the policy round 1 started from: SFT) are in the app before
+    round 1's reward model and policy train, so people label while they do. (Without it they come from pi_1,
+    after it is trained: the app_run tests.)"""
+    from sqlalchemy.orm import Session
+
+    import rlhfkit.loop.run as loop_run
+    from rlhfkit.feedback.app import create_app
+    from rlhfkit.feedback.db import Task
+
+    db = f"sqlite:///{tmp_path / 'feedback.db'}"
+    engine = create_app(db).state.engine
+
+    def rounds_in_app() -> list[int]:
+        with Session(engine) as s:
+            return sorted({t.meta["loop_round"] for t in s.query(Task).all()})
+
+    seen_at = {}
+    real_rm, real_policy = loop_run.train_rm, loop_run.train_policy
+
+    def train_rm(ctx, rows, reference, sft, out, progress):
+        seen_at.setdefault(f"reward {out.parent.name}", rounds_in_app())
+        return real_rm(ctx, rows, reference, sft, out, progress)
+
+    def train_policy(ctx, method, init, reward_dir, out, scale, progress):
+        seen_at.setdefault(f"policy {out.parent.name}", rounds_in_app())
+        return real_policy(ctx, method, init, reward_dir, out, scale, progress)
+
+    monkeypatch.setattr(loop_run, "train_rm", train_rm)
+    monkeypatch.setattr(loop_run, "train_policy", train_policy)
+    stop = threading.Event()
+    worker = _label_in_background(engine, _annotator(engine), stop)
+    try:
+        res = loop_run.run_loop(_app_cfg(tmp_path, mostly_bad_sft, db, rounds=2, timeout=120.0, label_ahead=True),
+                                progress=False, echo=print)
+    finally:
+        stop.set()
+        worker.join(5)
+    with Session(engine) as s:
+        sources = {t.meta["loop_round"]: {r.source for r in t.responses} for t in s.query(Task).all()}
+    engine.dispose()
+    assert seen_at["reward round-1"] == [1, 2] and seen_at["policy round-1"] == [1, 2]
+    assert [r["labels_on_policy_round"] for r in res["rounds"][1:]] == [0, 0]  # one round stale
+    assert sources == {1: {"sft"}, 2: {"sft"}}

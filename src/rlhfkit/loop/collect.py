@@ -35,6 +35,7 @@ class Pending:
     sources: list[list[str]]
     rows: list[dict] | None = None  # the panel's rankings, made at once
     task_ids: list[int] | None = None  # the app's tasks
+    policy_round: int = 0  # the groups are samples of pi_{policy_round} (0: SFT)
 
 
 class LoopState:

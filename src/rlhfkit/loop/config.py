@@ -39,6 +39,7 @@ class LoopConfig:
     labels_per_task: int = opt(1, "App: labels needed per task before the round goes on (more that arrive are used too).")
     timeout: float = opt(3600.0, "App: seconds to wait for a round's labels; then the loop stops cleanly (state 'timed_out', the rounds so far kept).")
     poll: float = opt(2.0, "App: seconds between counts of the labels in.")
+    label_ahead: bool = opt(False, "Post round r+1's candidate groups (sampled from the policy round r starts from) as soon as round r's labels are in, so that people label while round r's reward model and policy train; the labels are one round stale (on pi_{r-1}'s samples, not pi_r's). Off: round r+1's groups come from pi_r, and people label while pi_r is measured.")
     active_learning: bool = opt(False, "Label first the candidate groups the reward-model ensemble disagrees on most (needs an ensemble reward model: reward.ensemble >= 2 in the pipeline config); from rounds 2 on.")
     pool_factor: int = opt(2, "Active learning: candidate groups sampled per group labelled; the most-disagreed prefs_per_round are kept (the app shows them most-disagreed first); round-N/candidates.jsonl lists the pool with each group's disagreement.")
     seed: int = opt(0, "Seed (0: the pipeline's).")

@@ -13,7 +13,9 @@ Round r (r = 1..rounds), with pi_0 = SFT:
      pi_{r-1}'s eval samples, where RM_{r-1} was measured: the refresh's effect on the same samples.
 
 With the app, round r+1's tasks are created as soon as pi_r exists, so that people label while pi_r is
-measured. ``compare_single``: one round with the whole budget (rounds x prefs_per_round rankings of SFT
+measured; with ``label_ahead`` they are created from pi_{r-1} as soon as round r's labels are in, so that
+people label while RM_r and pi_r train (the labels are then one round stale: Noukhovitch et al. 2024's
+asynchronous, off-policy RLHF). ``compare_single``: one round with the whole budget (rounds x prefs_per_round rankings of SFT
 samples) and the same policy updates, measured alike (baseline.json).
 """
 
@@ -241,8 +243,8 @@ def _rounds(cfg: LoopConfig, ctx, k: int, engine, state: LoopState, progress: bo
     write_jsonl(rows_path, rows)
     state.update(phase="sampling", curves=rows)
     history: list[dict] = []
-    policy, scorer = sft, None
-    pending = _post(cfg, ctx, sampler, collector, 1, policy, scorer, sft_lm)
+    policy, scorer, policy_lm = sft, None, sft_lm
+    pending = _post(cfg, ctx, sampler, collector, 1, policy, scorer, sft_lm, policy_round=0)
     for r in range(1, cfg.rounds + 1):
         t = time.perf_counter()
         rdir = run / f"round-{r}"
@@ -251,20 +253,24 @@ def _rounds(cfg: LoopConfig, ctx, k: int, engine, state: LoopState, progress: bo
         data = mix(history, new, cfg.old_fraction, np.random.default_rng(stream_seed(c.seed, f"loop:mix:{r}")))
         history += new
         write_jsonl(rdir / "new_preferences.jsonl", new)
-        state.update(phase="training the reward model")
         reference = [(p, x) for p, g in zip(pending.prompts, pending.groups) for x in g]
+        labelled_policy = pending.policy_round
+        if cfg.label_ahead and r < cfg.rounds:  # people label round r+1 (pi_{r-1}'s samples) while RM_r and pi_r train
+            pending = _post(cfg, ctx, sampler, collector, r + 1, policy, scorer, policy_lm, policy_round=r - 1)
+        state.update(phase="training the reward model")
         rm_dir = train_rm(ctx, data, reference, sft, rdir / "reward", progress)
         scorer = load_scorer(rm_dir, c.bf16)
         on_prev = reward_on(scorer, prev)  # RM_r on pi_{r-1}'s eval samples, where RM_{r-1} was measured
         state.update(phase=f"training the policy ({cfg.method})")
         init = policy if cfg.policy_init == "last" else sft
         policy = train_policy(ctx, cfg.method, init, rm_dir, rdir / "policy", 1, progress)
-        lm = load_frozen_lm(policy, c.bf16)
-        if r < cfg.rounds:  # people label round r+1 while this policy is measured
-            pending = _post(cfg, ctx, sampler, collector, r + 1, policy, scorer, lm)
+        lm = policy_lm = load_frozen_lm(policy, c.bf16)
+        if r < cfg.rounds and not cfg.label_ahead:  # people label round r+1 while this policy is measured
+            pending = _post(cfg, ctx, sampler, collector, r + 1, policy, scorer, lm, policy_round=r)
         state.update(phase="measuring the policy")
         prev = measured(lm, f"loop: round {r} policy on the eval prompts")
         row = {"round": r, "policy": str(policy), "new_preferences": len(new), "preferences_trained_on": len(data),
+               "labels_on_policy_round": labelled_policy,
                **prev.summary(), **reward_on(scorer, prev),
                "rm_accuracy_on_previous_policy": on_prev["rm_accuracy"],
                "previous_rm_accuracy_on_previous_policy": rows[-1]["rm_accuracy"],
@@ -282,9 +288,10 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def _post(cfg: LoopConfig, ctx, sampler: Sampler, collector, r: int, policy: Path, scorer, lm):
-    """Round r's candidate groups from ``policy``, handed to the collector (with active learning, from rounds
-    2 on: ``pool_factor`` times as many drawn, the most-disagreed kept, most-disagreed first)."""
+def _post(cfg: LoopConfig, ctx, sampler: Sampler, collector, r: int, policy: Path, scorer, lm, policy_round: int):
+    """Round r's candidate groups from ``policy`` (pi_{policy_round}; 0: SFT), handed to the collector (with
+    active learning, from rounds 2 on: ``pool_factor`` times as many drawn, the ones the latest reward-model
+    ensemble disagrees on most kept, most-disagreed first)."""
     c = ctx.cfg
     al = cfg.active_learning and scorer is not None
     n = cfg.prefs_per_round * (cfg.pool_factor if al else 1)
@@ -299,8 +306,10 @@ def _post(cfg: LoopConfig, ctx, sampler: Sampler, collector, r: int, policy: Pat
                      for i, (p, g, v) in enumerate(zip(prompts, groups, values))])
         order = order[: cfg.prefs_per_round]
         prompts, groups = [prompts[i] for i in order], [groups[i] for i in order]
-    source = "sft" if r == 1 else f"policy_round{r - 1}"
-    return collector.post(r, prompts, groups, [[source] * len(g) for g in groups])
+    source = "sft" if policy_round == 0 else f"policy_round{policy_round}"
+    pending = collector.post(r, prompts, groups, [[source] * len(g) for g in groups])
+    pending.policy_round = policy_round
+    return pending
 
 
 def _single_round(cfg: LoopConfig, ctx, k: int, sft: Path, eval_prompts: list[str], progress: bool, echo) -> dict:
