@@ -139,6 +139,16 @@ def test_overopt_smoke_writes_fits_points_and_plot(tmp_path):
     assert len(cands) == 4 and all(len(set(c["candidates"])) > 1 for c in cands)
     assert (out / "rl" / "kl_coef=0" / "metrics.jsonl").exists()
     assert "best-of-n (gold)" in res.output
+    # a second study of the run reuses the candidates and their gold: the same best-of-n points, nothing sampled
+    again = tmp_path / "again"
+    res = CliRunner().invoke(app, ["overopt", "--preset", "smoke", "--run", str(run), "--out", str(again), "--kl-coefs", "0",
+                                   "--rl-steps", "1", "--candidates", str(out / "candidates.jsonl")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "reusing 4 x 8 candidates" in res.output
+    assert [p for p in map(json.loads, (again / "points.jsonl").read_text().splitlines()) if p["method"] == "bon"] == bon
+    res = CliRunner().invoke(app, ["overopt", "--preset", "smoke", "--run", str(run), "--out", str(tmp_path / "bad"),
+                                   "--max-n", "4", "--candidates", str(out / "candidates.jsonl")])
+    assert res.exit_code != 0 and "this study needs the same 4 prompts x 4" in res.output
 
 
 def test_bad_options_stop_with_their_names():

@@ -56,6 +56,7 @@ class OverOptConfig:
     ensemble: int = opt(3, "proxy conservative: K, the reward models of the ensemble (RUN/reward_ensemble, trained when missing or of another K).")
     std_penalty: float = opt(1.0, "proxy conservative: lambda of mean - lambda * std over the ensemble's members.")
     seed: int = opt(0, "Seed of the sampling streams and the PPO runs (0: the run's seed).")
+    candidates: str = opt("", "Best-of-n candidates to reuse instead of sampling them again: the candidates.jsonl of an earlier study of this run (same prompts and max_n); their gold is reused and the proxy scores them anew (e.g. a --proxy conservative study after the plain one).")
 
 
 PRESETS = {
@@ -183,6 +184,28 @@ def measure(ctx, lm, tokenizer, prompts: list[str], k: int, seed: int, sft_lm, p
     return out
 
 
+def reused_candidates(path: Path, run: Path, prompts: list[str], n: int):
+    """(responses, gold (P, N), ended (P, N)) from an earlier study's candidates.jsonl: it must be of this
+    run (its fits.json, when beside it, names the run) and hold ``n`` candidates for each of ``prompts``, in order."""
+    import numpy as np
+
+    from rlhfkit.data import prompt_json, read_jsonl
+
+    if not path.is_file():
+        raise FileNotFoundError(f"candidates: {path} is not a file (an earlier study's candidates.jsonl)")
+    fits = path.parent / "fits.json"
+    if fits.exists():
+        was = json.loads(fits.read_text()).get("settings", {}).get("run")
+        if was and Path(was).resolve() != run.resolve():
+            raise ValueError(f"candidates: {path} are samples of {was}'s SFT policy, not of {run}'s")
+    rows = [r for _, r in read_jsonl(path)]
+    if [r["prompt"] for r in rows] != [prompt_json(p) for p in prompts] or any(len(r["candidates"]) != n for r in rows):
+        raise ValueError(f"candidates: {path} holds {len(rows)} prompts x {sorted({len(r['candidates']) for r in rows})} candidates; "
+                         f"this study needs the same {len(prompts)} prompts x {n} (--prompts, --max-n as in that study)")
+    return ([c for r in rows for c in r["candidates"]], np.array([r["gold"] for r in rows], dtype=np.float64),
+            np.array([r["ended"] for r in rows], dtype=bool))
+
+
 def run_overopt(cfg: OverOptConfig, progress: bool = True, echo=print) -> dict:
     """Run the study (see the module docstring); writes and returns fits.json's content."""
     import numpy as np
@@ -218,19 +241,24 @@ def run_overopt(cfg: OverOptConfig, progress: bool = True, echo=print) -> dict:
     # needs the candidates to be independent draws from the SFT policy: sample_grouped repeats each prompt N
     # times, and each row draws its own random numbers (its own stream, apart from the RL measurements').
     t = time.perf_counter()
-    ro = sample(ctx, sft_path, prompts, N, c.eval_temperature, stream_seed(c.seed, "overopt:best_of_n"),
-                f"overopt: {N} candidates per prompt", lm=sft_lm)
     expanded = [p for p in prompts for _ in range(N)]
-    gold = ctx.gold(expanded, ro.responses).cpu().numpy().astype(np.float64).reshape(P, N)
-    prox = as_scores(proxy(expanded, ro.responses), P * N).cpu().numpy().astype(np.float64).reshape(P, N)
-    ended = ro.ended.cpu().numpy().reshape(P, N)
+    if cfg.candidates:
+        responses, gold, ended = reused_candidates(Path(cfg.candidates), run, prompts, N)
+        echo(f"   best-of-n: reusing {P} x {N} candidates and their gold from {cfg.candidates}; the proxy scores them")
+    else:
+        ro = sample(ctx, sft_path, prompts, N, c.eval_temperature, stream_seed(c.seed, "overopt:best_of_n"),
+                    f"overopt: {N} candidates per prompt", lm=sft_lm)
+        responses = list(ro.responses)
+        gold = ctx.gold(expanded, responses).cpu().numpy().astype(np.float64).reshape(P, N)
+        ended = ro.ended.cpu().numpy().reshape(P, N)
+    prox = as_scores(proxy(expanded, responses), P * N).cpu().numpy().astype(np.float64).reshape(P, N)
     # the pipeline's one rule for selection and optimisation: a candidate that never ended loses the penalty
     select = prox - c.ppo.missing_eos_penalty * (~ended)
     # the initial policy's expected reward: every candidate is a sample of it
     baseline = {"gold": float(gold.mean()), "proxy": float(prox.mean()), "samples": P * N,
                 "what": "mean gold and proxy reward of all best-of-n candidates (samples of the SFT policy) on these prompts"}
     write_jsonl(out / "candidates.jsonl", [
-        {"prompt": p, "candidates": ro.responses[i * N : (i + 1) * N], "gold": gold[i].tolist(), "proxy": prox[i].tolist(),
+        {"prompt": p, "candidates": responses[i * N : (i + 1) * N], "gold": gold[i].tolist(), "proxy": prox[i].tolist(),
          "ended": ended[i].tolist()} for i, p in enumerate(prompts)])
     points = bon_curve(select, gold, prox, ns)
     timings["best_of_n"] = round(time.perf_counter() - t, 1)
