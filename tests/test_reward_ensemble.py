@@ -192,6 +192,34 @@ def test_reward_eval_command_and_disagreement_on_the_trained_ensemble(ensemble, 
     assert [values[i] for i in order] == sorted(values, reverse=True) and max(values) > 0
 
 
+def test_reward_eval_takes_the_gold_the_samples_carry(ensemble, toy_files, tmp_path):
+    """--gold samples: the "gold" beside each response (a pipeline run's samples, overopt's candidates) labels the
+    pairs exactly as the function that wrote it; one sample per line or a list per prompt; a sample without one fails."""
+    from rlhfkit.cli import app
+    from rlhfkit.train.reward_ensemble import read_samples
+
+    out, _ = ensemble
+    _, _, samples = toy_files
+
+    def good_fraction(r):
+        return r.split().count("good") / len(r.split())
+
+    rows = read_samples(samples)
+    lines = write_jsonl(tmp_path / "lines.jsonl", [{"prompt": p, "response": x, "gold": good_fraction(x)} for p, g in rows for x in g])
+    cands = write_jsonl(tmp_path / "cands.jsonl", [{"prompt": p, "candidates": g, "gold": [good_fraction(x) for x in g]} for p, g in rows])
+
+    def accuracy(path, gold):
+        res = CliRunner().invoke(app, ["reward-eval", "--reward-model", str(out), "--samples", str(path), "--gold", gold])
+        assert res.exit_code == 0, res.output
+        return res.output.split("policy samples")[1]
+
+    expected = accuracy(samples, "toy:good_fraction")
+    assert " accuracy " in expected and " pairs (members " in expected
+    assert accuracy(lines, "samples") == expected and accuracy(cands, "samples") == expected
+    bad = CliRunner().invoke(app, ["reward-eval", "--reward-model", str(out), "--samples", str(samples), "--gold", "samples"])
+    assert bad.exit_code != 0 and 'needs a "gold" value for every response' in bad.output
+
+
 def test_overopt_conservative_proxy_trains_the_runs_ensemble_once(toy_files):
     """`rlhfkit overopt --proxy conservative`: K reward models trained as the run's reward/ is (its section,
     normalised on its SFT samples) into RUN/reward_ensemble, reused while K is the same."""

@@ -88,7 +88,7 @@ class RewardConfig(CommonConfig):
     ensemble: int = opt(1, "K > 1: train K reward models (member-0 .. member-K-1 and ensemble.json in out), each on its own bootstrap resample and data order, one held-out split; --reward-model OUT then scores with their mean (less --reward-std-penalty times their std).")
     bootstrap: bool = opt(True, "With ensemble K > 1: each member trains on a bootstrap resample of the training prompts (as many, drawn with replacement); off: the members differ only in data order.")
     eval_samples: str | None = opt(None, "JSONL of policy samples, {prompt, responses: [...]} (or {prompt, response} lines grouped by prompt): their pairs, labelled by eval_gold, give the accuracy on policy samples in eval.json.")
-    eval_gold: str | None = opt(None, "The gold reward that labels eval_samples' pairs: 'module:function' or 'TASK:METRIC'.")
+    eval_gold: str | None = opt(None, "The gold reward that labels eval_samples' pairs: 'module:function', 'TASK:METRIC', or 'samples' (the \"gold\" value each sample line carries, as a pipeline run's samples/*.jsonl do).")
 
 
 @dataclass

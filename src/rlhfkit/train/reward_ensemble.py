@@ -118,23 +118,58 @@ def pair_accuracy(scorer, pairs: Sequence) -> dict:
             "disagreement": ops.pair_disagreement(chosen, rejected).mean().item()}
 
 
-def read_samples(path) -> list[tuple[str, list[str]]]:
-    """Policy samples: JSONL of {prompt, responses: [...]} lines, or {prompt, response} lines (grouped by
-    prompt, in order of first appearance) -> [(prompt, responses)]."""
-    groups: dict[str, list[str]] = defaultdict(list)
+def _sample_rows(path):
+    """(line, prompt, responses, gold or None) of each line of a samples JSONL: {prompt, responses: [...]}
+    (or "candidates", as `rlhfkit overopt` writes them) or {prompt, response}; "gold", when there, is a
+    number per response (a list beside "responses", a number beside "response")."""
     for n, r in read_jsonl(path):
         prompt = r.get("prompt")
         if not isinstance(prompt, str):
             raise ValueError(f'{path}:{n}: need a string "prompt"')
-        if "responses" in r:
-            if not isinstance(r["responses"], list) or not all(isinstance(x, str) for x in r["responses"]):
-                raise ValueError(f'{path}:{n}: "responses" must be a list of strings')
-            groups[prompt] += r["responses"]
+        key = "responses" if "responses" in r else "candidates" if "candidates" in r else None
+        if key:
+            responses = r[key]
+            if not isinstance(responses, list) or not all(isinstance(x, str) for x in responses):
+                raise ValueError(f'{path}:{n}: "{key}" must be a list of strings')
+            gold = r.get("gold")
         elif isinstance(r.get("response"), str):
-            groups[prompt].append(r["response"])
+            responses, gold = [r["response"]], ([r["gold"]] if "gold" in r else None)
         else:
             raise ValueError(f'{path}:{n}: need "responses" (a list of strings) or "response" (a string)')
+        if gold is not None and (not isinstance(gold, list) or len(gold) != len(responses)
+                                 or not all(isinstance(g, (int, float)) and not isinstance(g, bool) for g in gold)):
+            raise ValueError(f'{path}:{n}: "gold" must be a number per response')
+        yield n, prompt, responses, gold
+
+
+def read_samples(path) -> list[tuple[str, list[str]]]:
+    """Policy samples: JSONL of {prompt, responses: [...]} (or "candidates") lines, or {prompt, response}
+    lines (grouped by prompt, in order of first appearance) -> [(prompt, responses)]."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for _, prompt, responses, _ in _sample_rows(path):
+        groups[prompt] += responses
     return list(groups.items())
+
+
+def samples_gold(path) -> Callable:
+    """The gold reward the samples carry (each line's "gold": the pipeline's samples/*.jsonl and
+    `rlhfkit overopt`'s candidates.jsonl have the task judge's noise-free score there) as a
+    ``(prompts, responses) -> scores`` lookup; for tasks whose gold needs a model (the movie-review
+    panel) it saves scoring the samples again."""
+    table: dict[tuple[str, str], float] = {}
+    for n, prompt, responses, gold in _sample_rows(path):
+        if gold is None:
+            raise ValueError(f'{path}:{n}: --gold samples needs a "gold" value for every response')
+        for x, g in zip(responses, gold):
+            table.setdefault((prompt, x), float(g))
+
+    def gold_fn(prompts, responses):
+        try:
+            return [table[(p, x)] for p, x in zip(prompts, responses)]
+        except KeyError:
+            raise ValueError(f"--gold samples: a response has no gold in {path}") from None
+
+    return gold_fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +215,10 @@ def policy_sample_accuracy(scorer, samples, gold) -> dict:
     """Accuracy on the distribution the policy optimises against: pairs of policy samples (a JSONL path or
     [(prompt, responses)]) labelled by the noise-free ``gold`` (spec or callable); ``pair_accuracy``'s
     dict, with "samples" and "prompts" added."""
+    if gold == "samples":
+        if not isinstance(samples, (str, Path)):
+            raise ValueError("--gold samples: the samples must be a JSONL file with a gold value per response")
+        gold = samples_gold(samples)
     if isinstance(samples, (str, Path)):
         samples = read_samples(samples)
     pairs = gold_pairs(samples, load_gold(gold))
