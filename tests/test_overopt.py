@@ -146,9 +146,22 @@ def test_overopt_smoke_writes_fits_points_and_plot(tmp_path):
     assert res.exit_code == 0, res.output
     assert "reusing 4 x 8 candidates" in res.output
     assert [p for p in map(json.loads, (again / "points.jsonl").read_text().splitlines()) if p["method"] == "bon"] == bon
+    # fewer candidates than were drawn: the first max_n of each prompt
+    from rlhfkit.eval.overopt import bon_curve
+
+    fewer = tmp_path / "fewer"
+    res = CliRunner().invoke(app, ["overopt", "--preset", "smoke", "--run", str(run), "--out", str(fewer), "--kl-coefs", "0",
+                                   "--rl-steps", "1", "--max-n", "4", "--candidates", str(out / "candidates.jsonl")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert [json.loads(l)["candidates"] for l in (fewer / "candidates.jsonl").read_text().splitlines()] == [c["candidates"][:4] for c in cands]
+    got = [p for p in map(json.loads, (fewer / "points.jsonl").read_text().splitlines()) if p["method"] == "bon"]
+    pen = json.loads((fewer / "fits.json").read_text())["settings"]["missing_eos_penalty"]
+    select = [[x - pen * (not e) for x, e in zip(c["proxy"][:4], c["ended"][:4])] for c in cands]
+    want = bon_curve(select, [c["gold"][:4] for c in cands], [c["proxy"][:4] for c in cands], [1, 2, 4])
+    assert [(p["n"], p["gold"]) for p in got] == [(w["n"], pytest.approx(w["gold"])) for w in want]
     res = CliRunner().invoke(app, ["overopt", "--preset", "smoke", "--run", str(run), "--out", str(tmp_path / "bad"),
-                                   "--max-n", "4", "--candidates", str(out / "candidates.jsonl")])
-    assert res.exit_code != 0 and "this study needs the same 4 prompts x 4" in res.output
+                                   "--max-n", "16", "--candidates", str(out / "candidates.jsonl")])
+    assert res.exit_code != 0 and "this study needs the same 4 prompts (--prompts as in that study) x at least 16" in res.output
 
 
 def test_bad_options_stop_with_their_names():

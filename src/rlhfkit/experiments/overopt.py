@@ -56,7 +56,7 @@ class OverOptConfig:
     ensemble: int = opt(3, "proxy conservative: K, the reward models of the ensemble (RUN/reward_ensemble, trained when missing or of another K).")
     std_penalty: float = opt(1.0, "proxy conservative: lambda of mean - lambda * std over the ensemble's members.")
     seed: int = opt(0, "Seed of the sampling streams and the PPO runs (0: the run's seed).")
-    candidates: str = opt("", "Best-of-n candidates to reuse instead of sampling them again: the candidates.jsonl of an earlier study of this run (same prompts and max_n); their gold is reused and the proxy scores them anew (e.g. a --proxy conservative study after the plain one).")
+    candidates: str = opt("", "Best-of-n candidates to reuse instead of sampling them again: the candidates.jsonl of an earlier study of this run (the same prompts, at least max_n candidates each: the first max_n are taken, independent draws as the rest); their gold is reused and the proxy scores them anew (e.g. a --proxy conservative study after the plain one).")
 
 
 PRESETS = {
@@ -186,7 +186,9 @@ def measure(ctx, lm, tokenizer, prompts: list[str], k: int, seed: int, sft_lm, p
 
 def reused_candidates(path: Path, run: Path, prompts: list[str], n: int):
     """(responses, gold (P, N), ended (P, N)) from an earlier study's candidates.jsonl: it must be of this
-    run (its fits.json, when beside it, names the run) and hold ``n`` candidates for each of ``prompts``, in order."""
+    run (its fits.json, when beside it, names the run) and hold at least ``n`` candidates for each of
+    ``prompts``, in order; the first ``n`` of each are taken (each candidate is an independent draw, so a
+    prefix is a sample of the same kind)."""
     import numpy as np
 
     from rlhfkit.data import prompt_json, read_jsonl
@@ -199,11 +201,11 @@ def reused_candidates(path: Path, run: Path, prompts: list[str], n: int):
         if was and Path(was).resolve() != run.resolve():
             raise ValueError(f"candidates: {path} are samples of {was}'s SFT policy, not of {run}'s")
     rows = [r for _, r in read_jsonl(path)]
-    if [r["prompt"] for r in rows] != [prompt_json(p) for p in prompts] or any(len(r["candidates"]) != n for r in rows):
+    if [r["prompt"] for r in rows] != [prompt_json(p) for p in prompts] or any(len(r["candidates"]) < n for r in rows):
         raise ValueError(f"candidates: {path} holds {len(rows)} prompts x {sorted({len(r['candidates']) for r in rows})} candidates; "
-                         f"this study needs the same {len(prompts)} prompts x {n} (--prompts, --max-n as in that study)")
-    return ([c for r in rows for c in r["candidates"]], np.array([r["gold"] for r in rows], dtype=np.float64),
-            np.array([r["ended"] for r in rows], dtype=bool))
+                         f"this study needs the same {len(prompts)} prompts (--prompts as in that study) x at least {n} (--max-n)")
+    return ([c for r in rows for c in r["candidates"][:n]], np.array([r["gold"][:n] for r in rows], dtype=np.float64),
+            np.array([r["ended"][:n] for r in rows], dtype=bool))
 
 
 def run_overopt(cfg: OverOptConfig, progress: bool = True, echo=print) -> dict:
