@@ -142,9 +142,20 @@ def test_overopt_smoke_writes_fits_points_and_plot(tmp_path):
     # a second study of the run reuses the candidates and their gold: the same best-of-n points, nothing sampled
     again = tmp_path / "again"
     res = CliRunner().invoke(app, ["overopt", "--preset", "smoke", "--run", str(run), "--out", str(again), "--kl-coefs", "0",
-                                   "--rl-steps", "1", "--candidates", str(out / "candidates.jsonl")], catch_exceptions=False)
+                                   "--rl-steps", "1", "--rl-samples", "2", "--candidates", str(out / "candidates.jsonl")],
+                             catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert "reusing 4 x 8 candidates" in res.output
+    # the proxy's accuracy on gold-labelled pairs: of the SFT candidates (recomputed here) and of each RL point's samples
+    import itertools
+
+    base = json.loads((again / "fits.json").read_text())["baseline"]
+    pairs = [(c["proxy"][i] - c["proxy"][j], c["gold"][i] - c["gold"][j]) for c in cands for i, j in itertools.combinations(range(8), 2)]
+    counted = [(dp, dg) for dp, dg in pairs if dg != 0]
+    assert base["proxy_pairs"] == len(counted) > 0
+    assert base["proxy_accuracy"] == pytest.approx(sum(dp * dg > 0 for dp, dg in counted) / len(counted))
+    rl_again = [p for p in map(json.loads, (again / "points.jsonl").read_text().splitlines()) if p["method"] == "rl"]
+    assert all(p["proxy_pairs"] <= 4 and (p["proxy_accuracy"] is None or 0 <= p["proxy_accuracy"] <= 1) for p in rl_again)
     assert [p for p in map(json.loads, (again / "points.jsonl").read_text().splitlines()) if p["method"] == "bon"] == bon
     # fewer candidates than were drawn: the first max_n of each prompt
     from rlhfkit.eval.overopt import bon_curve

@@ -160,7 +160,9 @@ def pipeline_config(cfg: OverOptConfig, echo=print):
 def measure(ctx, lm, tokenizer, prompts: list[str], k: int, seed: int, sft_lm, proxy, label: str, progress: bool) -> dict:
     """A policy on the eval prompts, ``k`` answers each at the eval temperature: KL to SFT (sampled: mean of
     log pi(y|x) - log pi_SFT(y|x) over its own samples), gold and proxy reward; means over prompts with
-    standard errors over prompts (a prompt's answers averaged first)."""
+    standard errors over prompts (a prompt's answers averaged first); and the proxy's pairwise accuracy on
+    pairs of one prompt's answers labelled by the gold (``proxy_accuracy``, over ``proxy_pairs``): how well
+    the reward being optimised still orders the policy's own samples as it moves away from SFT."""
     import numpy as np
 
     from rlhfkit.pipeline.context import gen_config
@@ -181,6 +183,11 @@ def measure(ctx, lm, tokenizer, prompts: list[str], k: int, seed: int, sft_lm, p
         out[key] = float(per_prompt.mean())
         out[f"{key}_se"] = float(per_prompt.std(ddof=1) / math.sqrt(per_prompt.size)) if per_prompt.size > 1 else None
     out["eos_rate"] = float(ro.ended.float().mean())
+    if k >= 2:
+        from rlhfkit.loop.measure import group_pair_accuracy
+
+        acc = group_pair_accuracy(prox, gold, k)
+        out["proxy_accuracy"], out["proxy_pairs"] = acc["accuracy"], acc["pairs"]
     return out
 
 
@@ -257,8 +264,13 @@ def run_overopt(cfg: OverOptConfig, progress: bool = True, echo=print) -> dict:
     # the pipeline's one rule for selection and optimisation: a candidate that never ended loses the penalty
     select = prox - c.ppo.missing_eos_penalty * (~ended)
     # the initial policy's expected reward: every candidate is a sample of it
+    from rlhfkit.loop.measure import group_pair_accuracy
+
+    acc = group_pair_accuracy(prox.reshape(-1), gold.reshape(-1), N)  # the proxy on pairs of SFT samples, gold-labelled
     baseline = {"gold": float(gold.mean()), "proxy": float(prox.mean()), "samples": P * N,
-                "what": "mean gold and proxy reward of all best-of-n candidates (samples of the SFT policy) on these prompts"}
+                "proxy_accuracy": acc["accuracy"], "proxy_pairs": acc["pairs"],
+                "what": "mean gold and proxy reward of all best-of-n candidates (samples of the SFT policy) on these prompts; "
+                        "the proxy's pairwise accuracy on pairs of one prompt's candidates labelled by the gold"}
     write_jsonl(out / "candidates.jsonl", [
         {"prompt": p, "candidates": responses[i * N : (i + 1) * N], "gold": gold[i].tolist(), "proxy": prox[i].tolist(),
          "ended": ended[i].tolist()} for i, p in enumerate(prompts)])
