@@ -139,6 +139,27 @@ def test_overopt_smoke_writes_fits_points_and_plot(tmp_path):
     assert len(cands) == 4 and all(len(set(c["candidates"])) > 1 for c in cands)
     assert (out / "rl" / "kl_coef=0" / "metrics.jsonl").exists()
     assert "best-of-n (gold)" in res.output
+    # each curve's gain is over the initial policy as that curve measures it: RL's over its shared step-0 point
+    start = [p for p in rl if p["step"] == 0][0]
+    assert fits["rl_baseline"]["gold"] == start["gold"] and all(p["gold_gain"] == pytest.approx(p["gold"] - start["gold"]) for p in rl)
+    assert all(p["gold_gain"] == pytest.approx(p["gold"] - fits["baseline"]["gold"]) for p in bon)
+    # --refit: the same fits from points.jsonl, with no model; after a hand edit of a point, that point's new fit
+    res = CliRunner().invoke(app, ["overopt", "--run", str(run), "--out", str(out), "--refit"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    again_fits = json.loads((out / "fits.json").read_text())
+    assert {k: again_fits[k] for k in ("bon", "rl", "rl_runs", "proxy")} == {k: fits[k] for k in ("bon", "rl", "rl_runs", "proxy")}
+    assert [json.loads(line) for line in (out / "points.jsonl").read_text().splitlines()] == pts
+    edited = [{**p, "gold": p["gold"] + 1.0} if p["method"] == "bon" and p["n"] == 8 else p for p in pts]
+    (out / "points.jsonl").write_text("".join(json.dumps(p) + "\n" for p in edited))
+    CliRunner().invoke(app, ["overopt", "--run", str(run), "--out", str(out), "--refit"], catch_exceptions=False)
+    from rlhfkit.eval.overopt import fit_bon
+
+    moved = [p for p in edited if p["method"] == "bon"]
+    want = fit_bon([p["d"] for p in moved], [p["gold"] - fits["baseline"]["gold"] for p in moved])
+    assert json.loads((out / "fits.json").read_text())["bon"]["alpha"] == pytest.approx(want["alpha"])
+    (out / "points.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pts))
+    missing = CliRunner().invoke(app, ["overopt", "--run", str(run), "--out", str(tmp_path / "none"), "--refit"])
+    assert missing.exit_code != 0 and "holds no study" in missing.output
     # a second study of the run reuses the candidates and their gold: the same best-of-n points, nothing sampled
     again = tmp_path / "again"
     res = CliRunner().invoke(app, ["overopt", "--preset", "smoke", "--run", str(run), "--out", str(again), "--kl-coefs", "0",

@@ -178,7 +178,7 @@ def plot_overopt(points: Sequence[Mapping], fits: Mapping, path: Path | str) -> 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 4.4), layout="constrained")
+    fig = Figure(figsize=(11, 5.2), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
     markers = "osD^v<>p"
@@ -209,7 +209,8 @@ def plot_overopt(points: Sequence[Mapping], fits: Mapping, path: Path | str) -> 
         ax.grid(alpha=0.3)
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="best")
+        # below the axes: inside, "best" only sees the left axis and covered proxy-axis points
+        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     from rlhfkit.atomic import atomic_path
 
     path = Path(path)

@@ -9,8 +9,12 @@ reward; the stages it lacks run first), on the task's first eval prompts:
               ``eval_every`` updates the policy answers the eval prompts: KL to SFT estimated on those
               samples, gold and proxy reward
 
-Rewards are reported as gains over the initial (SFT) policy's mean, measured on all N candidates of every
-prompt (the R(d) of Gao et al.), and fitted against d = sqrt(KL) (``eval.overopt``). Writes, in ``out``:
+Rewards are reported as gains over the initial (SFT) policy (the R(d) of Gao et al.), each curve against the
+initial policy as that curve measures it: best-of-n against the mean of all N candidates of every prompt (its
+n = 1 point), RL against the RL runs' shared step-0 measurement (the same prompts and sampling seed as every
+RL point: common random numbers, so sampling noise largely cancels in the differences); fitted against
+d = sqrt(KL) (``eval.overopt``). ``refit`` recomputes gains, fits and figure from a study's points.jsonl
+without a model. Writes, in ``out``:
 
   fits.json        {"bon": {"alpha","beta","r2",...}, "rl": {...}, "rl_runs", "proxy", "baseline", ...}
   points.jsonl     one row per point (also points.csv): method, n or run/step, kl, d, gold, proxy, their
@@ -56,6 +60,7 @@ class OverOptConfig:
     ensemble: int = opt(3, "proxy conservative: K, the reward models of the ensemble (RUN/reward_ensemble, trained when missing or of another K).")
     std_penalty: float = opt(1.0, "proxy conservative: lambda of mean - lambda * std over the ensemble's members.")
     seed: int = opt(0, "Seed of the sampling streams and the PPO runs (0: the run's seed).")
+    refit: bool = opt(False, "Recompute the gains, fits, fits.json, plot and report from the study's points.jsonl in --out (or RUN/overopt) without running a model (e.g. after a change of the fitting rules).")
     candidates: str = opt("", "Best-of-n candidates to reuse instead of sampling them again: the candidates.jsonl of an earlier study of this run (the same prompts, at least max_n candidates each: the first max_n are taken, independent draws as the rest); their gold is reused and the proxy scores them anew (e.g. a --proxy conservative study after the plain one).")
 
 
@@ -220,13 +225,15 @@ def run_overopt(cfg: OverOptConfig, progress: bool = True, echo=print) -> dict:
     import numpy as np
 
     from rlhfkit.data import write_jsonl
-    from rlhfkit.eval.overopt import bon_curve, distance, fit_all, plot_overopt, with_gains
+    from rlhfkit.eval.overopt import bon_curve, distance
     from rlhfkit.models import load_frozen_lm, load_tokenizer
     from rlhfkit.pipeline.context import Context, sample
     from rlhfkit.pipeline.seeds import stream_seed
     from rlhfkit.scoring import as_scores
     from rlhfkit.train.ppo import PPOTrainer
 
+    if cfg.refit:
+        return refit(cfg, echo)
     if cfg.proxy not in PROXIES:
         raise ValueError(f"proxy: unknown proxy reward {cfg.proxy!r}; available: {', '.join(PROXIES)}")
     if cfg.prompts < 1 or cfg.rl_samples < 1 or cfg.eval_every < 1 or cfg.rl_steps < 0:
@@ -309,15 +316,34 @@ def run_overopt(cfg: OverOptConfig, progress: bool = True, echo=print) -> dict:
     timings["rl"] = round(time.perf_counter() - t, 1)
 
     # 3. fits of the gains over the initial policy, files, figure
-    points = with_gains(points, baseline)
-    fits = fit_all(points)
-    result = {**fits, "baseline": baseline, "kl_coefs": betas,
-              "notes": {"gains": "gold_gain/proxy_gain = reward minus the initial policy's (baseline); the fits are of these",
-                        "kl": "best-of-n: log n - (n-1)/n; RL: sampled, log pi(y|x) - log pi_SFT(y|x) on the policy's own samples at the eval temperature",
-                        "rl": "rl pools every RL run's points; rl_runs fits each run alone"},
+    result = {"baseline": baseline, "kl_coefs": betas,
               "timings": {**timings, "total": round(time.perf_counter() - t0, 1)},
               "settings": {**dataclasses.asdict(cfg), "run": str(run), "out": str(out), "task": c.task, "model": c.model,
                            "eval_temperature": c.eval_temperature, "missing_eos_penalty": c.ppo.missing_eos_penalty}}
+    return write_study(out, run, points, result, echo)
+
+
+NOTES = {"gains": "gold_gain/proxy_gain = reward minus the initial policy's, as each curve measures it: best-of-n's "
+                  "baseline (the mean of all candidates), RL's rl_baseline (the RL runs' shared step-0 measurement, on "
+                  "the same prompts and sampling seed as every RL point); the fits are of these",
+         "kl": "best-of-n: log n - (n-1)/n; RL: sampled, log pi(y|x) - log pi_SFT(y|x) on the policy's own samples at the eval temperature",
+         "rl": "rl pools every RL run's points; rl_runs fits each run alone"}
+
+
+def write_study(out: Path, run: Path, points: list[dict], result: dict, echo=print) -> dict:
+    """Gains (best-of-n over ``result["baseline"]``, RL over its step-0 point), fits, fits.json, points.jsonl/csv,
+    the figure, and the run's report when ``out`` is RUN/overopt. Returns fits.json's content."""
+    from rlhfkit.data import write_jsonl
+    from rlhfkit.eval.overopt import fit_all, plot_overopt, with_gains
+
+    bon = [p for p in points if p["method"] == "bon"]
+    rl = [p for p in points if p["method"] == "rl"]
+    starts = [p for p in rl if p["step"] == 0]
+    rl_baseline = {"gold": starts[0]["gold"], "proxy": starts[0]["proxy"],
+                   "what": "the initial policy measured as every RL point is (same prompts, samples per prompt and seed)"} if starts else None
+    points = with_gains(bon, result["baseline"]) + (with_gains(rl, rl_baseline) if rl_baseline else [])
+    fits = fit_all(points)
+    result = {**fits, **{k: v for k, v in result.items() if k not in fits}, "rl_baseline": rl_baseline, "notes": NOTES}
     write_jsonl(out / "points.jsonl", points)
     _write_csv(out / "points.csv", points)
     atomic_write(out / "fits.json", json.dumps(result, indent=2) + "\n")
@@ -328,6 +354,21 @@ def run_overopt(cfg: OverOptConfig, progress: bool = True, echo=print) -> dict:
         write_report(run)
         echo(f"   report rewritten with the study: {run / 'report.md'}")
     return result
+
+
+def refit(cfg: OverOptConfig, echo=print) -> dict:
+    """``--refit``: the study in ``cfg.out`` (or RUN/overopt) fitted again from its points.jsonl and fits.json
+    (baseline, settings), with no model run."""
+    from rlhfkit.data import read_jsonl
+
+    out = Path(cfg.out) if cfg.out else Path(cfg.run) / "overopt"
+    if not (out / "points.jsonl").exists() or not (out / "fits.json").exists():
+        raise FileNotFoundError(f"refit: {out} holds no study (points.jsonl and fits.json); run `rlhfkit overopt` first")
+    old = json.loads((out / "fits.json").read_text())
+    points = [r for _, r in read_jsonl(out / "points.jsonl")]
+    run = Path(old.get("settings", {}).get("run") or cfg.run)
+    echo(f"   refitting {len(points)} points in {out}")
+    return write_study(out, run, points, old, echo)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
