@@ -12,7 +12,7 @@ def plot_loop(rows: list[dict], baseline: dict | None, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
     rounds = [r["round"] for r in rows]
     panels = [(axes[0], [("gold", "gold reward", "C0"), ("proxy", "proxy reward (that round's RM)", "C1")], "reward"),
               (axes[1], [("kl", "KL to SFT", "C2")], "nats per sequence"),
@@ -29,7 +29,7 @@ def plot_loop(rows: list[dict], baseline: dict | None, path: Path) -> Path:
         ax.set_ylabel(ylabel)
         ax.set_xticks(rounds)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)  # below: inside it hid points
     fig.suptitle("Iterated RLHF: per round")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
