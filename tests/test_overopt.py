@@ -163,7 +163,7 @@ def test_overopt_smoke_writes_fits_points_and_plot(tmp_path):
     # a second study of the run reuses the candidates and their gold: the same best-of-n points, nothing sampled
     again = tmp_path / "again"
     res = CliRunner().invoke(app, ["overopt", "--preset", "smoke", "--run", str(run), "--out", str(again), "--kl-coefs", "0",
-                                   "--rl-steps", "1", "--rl-samples", "2", "--candidates", str(out / "candidates.jsonl")],
+                                   "--rl-steps", "0", "--rl-samples", "2", "--candidates", str(out / "candidates.jsonl")],
                              catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert "reusing 4 x 8 candidates" in res.output
@@ -183,7 +183,7 @@ def test_overopt_smoke_writes_fits_points_and_plot(tmp_path):
 
     fewer = tmp_path / "fewer"
     res = CliRunner().invoke(app, ["overopt", "--preset", "smoke", "--run", str(run), "--out", str(fewer), "--kl-coefs", "0",
-                                   "--rl-steps", "1", "--max-n", "4", "--candidates", str(out / "candidates.jsonl")], catch_exceptions=False)
+                                   "--rl-steps", "0", "--max-n", "4", "--candidates", str(out / "candidates.jsonl")], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert [json.loads(l)["candidates"] for l in (fewer / "candidates.jsonl").read_text().splitlines()] == [c["candidates"][:4] for c in cands]
     got = [p for p in map(json.loads, (fewer / "points.jsonl").read_text().splitlines()) if p["method"] == "bon"]
