@@ -158,6 +158,12 @@ def test_overopt_smoke_writes_fits_points_and_plot(tmp_path):
     want = fit_bon([p["d"] for p in moved], [p["gold"] - fits["baseline"]["gold"] for p in moved])
     assert json.loads((out / "fits.json").read_text())["bon"]["alpha"] == pytest.approx(want["alpha"])
     (out / "points.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pts))
+    # a study from before the proxy's accuracy was recorded gets it from its candidates
+    older = json.loads((out / "fits.json").read_text())
+    recorded = older["baseline"].pop("proxy_accuracy")
+    (out / "fits.json").write_text(json.dumps(older))
+    CliRunner().invoke(app, ["overopt", "--run", str(run), "--out", str(out), "--refit"], catch_exceptions=False)
+    assert json.loads((out / "fits.json").read_text())["baseline"]["proxy_accuracy"] == pytest.approx(recorded)
     missing = CliRunner().invoke(app, ["overopt", "--run", str(run), "--out", str(tmp_path / "none"), "--refit"])
     assert missing.exit_code != 0 and "holds no study" in missing.output
     # a second study of the run reuses the candidates and their gold: the same best-of-n points, nothing sampled

@@ -366,6 +366,16 @@ def refit(cfg: OverOptConfig, echo=print) -> dict:
         raise FileNotFoundError(f"refit: {out} holds no study (points.jsonl and fits.json); run `rlhfkit overopt` first")
     old = json.loads((out / "fits.json").read_text())
     points = [r for _, r in read_jsonl(out / "points.jsonl")]
+    if (out / "candidates.jsonl").exists() and "proxy_accuracy" not in old.get("baseline", {}):
+        # a study from before the proxy's accuracy was recorded: its candidates hold what it needs
+        import numpy as np
+
+        from rlhfkit.loop.measure import group_pair_accuracy
+
+        cands = [r for _, r in read_jsonl(out / "candidates.jsonl")]
+        n = min(len(r["gold"]) for r in cands)
+        acc = group_pair_accuracy(np.array([r["proxy"][:n] for r in cands]).reshape(-1), np.array([r["gold"][:n] for r in cands]).reshape(-1), n)
+        old["baseline"] = {**old["baseline"], "proxy_accuracy": acc["accuracy"], "proxy_pairs": acc["pairs"]}
     run = Path(old.get("settings", {}).get("run") or cfg.run)
     echo(f"   refitting {len(points)} points in {out}")
     return write_study(out, run, points, old, echo)
