@@ -196,6 +196,18 @@ def measure(ctx, lm, tokenizer, prompts: list[str], k: int, seed: int, sft_lm, p
     return out
 
 
+def candidate_accuracy(proxy, gold) -> dict:
+    """The proxy's pairwise accuracy on pairs of one prompt's best-of-n candidates (SFT samples) labelled by the
+    gold; ``proxy``, ``gold``: (prompts, candidates). {"proxy_accuracy", "proxy_pairs"}."""
+    import numpy as np
+
+    from rlhfkit.loop.measure import group_pair_accuracy
+
+    proxy, gold = np.asarray(proxy, dtype=np.float64), np.asarray(gold, dtype=np.float64)
+    acc = group_pair_accuracy(proxy.reshape(-1), gold.reshape(-1), proxy.shape[1])
+    return {"proxy_accuracy": acc["accuracy"], "proxy_pairs": acc["pairs"]}
+
+
 def reused_candidates(path: Path, run: Path, prompts: list[str], n: int):
     """(responses, gold (P, N), ended (P, N)) from an earlier study's candidates.jsonl: it must be of this
     run (its fits.json, when beside it, names the run) and hold at least ``n`` candidates for each of
@@ -222,6 +234,8 @@ def reused_candidates(path: Path, run: Path, prompts: list[str], n: int):
 
 def run_overopt(cfg: OverOptConfig, progress: bool = True, echo=print) -> dict:
     """Run the study (see the module docstring); writes and returns fits.json's content."""
+    if cfg.refit:  # before the imports below: a refit loads no model, so it needs neither torch nor the trainers
+        return refit(cfg, echo)
     import numpy as np
 
     from rlhfkit.data import write_jsonl
@@ -232,8 +246,6 @@ def run_overopt(cfg: OverOptConfig, progress: bool = True, echo=print) -> dict:
     from rlhfkit.scoring import as_scores
     from rlhfkit.train.ppo import PPOTrainer
 
-    if cfg.refit:
-        return refit(cfg, echo)
     if cfg.proxy not in PROXIES:
         raise ValueError(f"proxy: unknown proxy reward {cfg.proxy!r}; available: {', '.join(PROXIES)}")
     if cfg.prompts < 1 or cfg.rl_samples < 1 or cfg.eval_every < 1 or cfg.rl_steps < 0:
@@ -271,11 +283,7 @@ def run_overopt(cfg: OverOptConfig, progress: bool = True, echo=print) -> dict:
     # the pipeline's one rule for selection and optimisation: a candidate that never ended loses the penalty
     select = prox - c.ppo.missing_eos_penalty * (~ended)
     # the initial policy's expected reward: every candidate is a sample of it
-    from rlhfkit.loop.measure import group_pair_accuracy
-
-    acc = group_pair_accuracy(prox.reshape(-1), gold.reshape(-1), N)  # the proxy on pairs of SFT samples, gold-labelled
-    baseline = {"gold": float(gold.mean()), "proxy": float(prox.mean()), "samples": P * N,
-                "proxy_accuracy": acc["accuracy"], "proxy_pairs": acc["pairs"],
+    baseline = {"gold": float(gold.mean()), "proxy": float(prox.mean()), "samples": P * N, **candidate_accuracy(prox, gold),
                 "what": "mean gold and proxy reward of all best-of-n candidates (samples of the SFT policy) on these prompts; "
                         "the proxy's pairwise accuracy on pairs of one prompt's candidates labelled by the gold"}
     write_jsonl(out / "candidates.jsonl", [
@@ -368,14 +376,8 @@ def refit(cfg: OverOptConfig, echo=print) -> dict:
     points = [r for _, r in read_jsonl(out / "points.jsonl")]
     if (out / "candidates.jsonl").exists() and "proxy_accuracy" not in old.get("baseline", {}):
         # a study from before the proxy's accuracy was recorded: its candidates hold what it needs
-        import numpy as np
-
-        from rlhfkit.loop.measure import group_pair_accuracy
-
         cands = [r for _, r in read_jsonl(out / "candidates.jsonl")]
-        n = min(len(r["gold"]) for r in cands)
-        acc = group_pair_accuracy(np.array([r["proxy"][:n] for r in cands]).reshape(-1), np.array([r["gold"][:n] for r in cands]).reshape(-1), n)
-        old["baseline"] = {**old["baseline"], "proxy_accuracy": acc["accuracy"], "proxy_pairs": acc["pairs"]}
+        old["baseline"] = {**old["baseline"], **candidate_accuracy([r["proxy"] for r in cands], [r["gold"] for r in cands])}
     run = Path(old.get("settings", {}).get("run") or cfg.run)
     echo(f"   refitting {len(points)} points in {out}")
     return write_study(out, run, points, old, echo)
