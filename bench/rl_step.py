@@ -94,7 +94,7 @@ def main() -> None:
     # sampler keeps hidden states (PPOConfig.old_from_sampling with the CPU engine): the reference pass only
     from rlhfkit import engine
 
-    one_pass = cfg.old_from_sampling and engine.applies(trainer.unwrapped.lm, args.bf16)
+    one_pass = cfg.old_from_sampling and not args.bf16 and engine.applies(trainer.unwrapped.lm, args.bf16)
     flops_ref_values = (1 if one_pass else 2) * fwd
     flops_update = 3 * fwd * args.ppo_epochs
     flops_gen = args.prompts * (2 * n_params * (prompt_len + length) + head * length)

@@ -40,16 +40,18 @@ def eos_lm(lm, tok):
     return m
 
 
-def full_logits(model, ids, mask):
-    with torch.no_grad():
+def full_logits(model, ids, mask, bf16=False):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         return model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits[:, -1]
 
 
 def test_applies_only_where_it_is_the_same_function(lm):
     from rlhfkit.models import PolicyWithValue
 
+    from rlhfkit.precision import native_bf16
+
     assert engine.applies(lm, bf16=False)
-    assert not engine.applies(lm, bf16=True)
+    assert engine.applies(lm, bf16=True) == native_bf16("cpu")  # emulated bf16: transformers' path
     assert not engine.applies(PolicyWithValue(lm), bf16=False)
     was = engine.ENABLED
     engine.ENABLED = False
@@ -82,6 +84,26 @@ def test_logits_equal_the_models_forward(lm, tok):
             keep = torch.tensor([0, 2, 4])
             dec.select(keep)
             ids, mask = ids[keep], mask[keep]
+
+
+def test_bf16_logits_equal_the_models_forward_under_autocast(lm, tok):
+    """In bf16 the engine computes what the model computes under CPU autocast (weights cast once instead
+    of on every call): the same logits within bf16 rounding, and far from the fp32 logits' rounding."""
+    ids, mask = encode_prompts(tok, PROMPTS)
+    dec = engine.EngineDecoder(lm, 4, bf16=True)
+    got = dec.prefill(ids, mask).float()
+    assert dec.w.dtype == torch.bfloat16
+    ref = full_logits(lm, ids, mask, bf16=True).float()
+    torch.testing.assert_close(got, ref, rtol=0, atol=2e-2)
+    g = torch.Generator().manual_seed(0)
+    for t in range(3):
+        nxt = torch.randint(0, lm.config.vocab_size, (len(ids),), generator=g)
+        ids = torch.cat([ids, nxt[:, None]], 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        got = dec.step(nxt).float()
+        torch.testing.assert_close(got, full_logits(lm, ids, mask, bf16=True).float(), rtol=0, atol=2e-2)
+    # an fp32 engine of the same model is packed again, in fp32
+    assert engine.EngineDecoder(lm, 4).w.dtype == torch.float32
 
 
 def test_samples_equal_transformers_path(eos_lm, tok):

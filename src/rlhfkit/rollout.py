@@ -186,7 +186,7 @@ def decoder_for(model, bf16: bool, max_new_tokens: int):
     from rlhfkit import engine
 
     if engine.applies(model, bf16):
-        return engine.EngineDecoder(model, max_new_tokens)
+        return engine.EngineDecoder(model, max_new_tokens, bf16)
     return HFDecoder(model, bf16)
 
 
