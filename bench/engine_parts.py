@@ -8,7 +8,13 @@
 2. one sampling step over (rows, vocabulary) logits: the previous sampler (log_softmax, float64 cumsum of the whole
    vocabulary) against the current one (fused softmax, two-level inverse CDF);
 3. one decode step of the model at a ~100-token cache: transformers' forward with its DynamicCache against the
-   engine's step. Run it once with OMP_WAIT_POLICY=PASSIVE in the environment to see what that setting costs.
+   engine's step. Run it once with OMP_WAIT_POLICY=PASSIVE in the environment to see what that setting costs;
+4. attention for one decode query per row at that cache (SDPA with GQA, a layer's worth) in fp32 and in bf16:
+   why the engine's bf16 mode attends in fp32.
+
+--precision bf16 (only where the CPU has native bf16 unless forced) measures parts 1 and 3 in bf16: F.linear
+under autocast (which casts the weight on every call) against oneDNN with the weight packed once in bf16, and
+transformers' decode step under autocast against the engine's bf16 step.
 """
 
 from __future__ import annotations
@@ -42,7 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = ap.parse_args(argv)
+    bf16 = args.precision == "bf16"
     import importlib.util
     from pathlib import Path
 
@@ -62,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
 
     M = args.rows
     print(f"{cpu_words()}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; fp32; M = {M} rows")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; {args.precision}; M = {M} rows")
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    cast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
     tok, lm = load_tokenizer(args.model), load_causal_lm(args.model, trainable=False)
     c = lm.config
     d, inter, kv = c.hidden_size, c.intermediate_size, c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
@@ -72,11 +82,17 @@ def main(argv: list[str] | None = None) -> None:
                                        "lm_head": (d, c.vocab_size, 1)}.items():
         ws = [torch.randn(n_out, n_in) * 0.02 for _ in range(count)]
         x = torch.randn(M, n_in)
-        packed = [engine._pack(w) for w in ws]
-        t_lin = timed(lambda: [torch.nn.functional.linear(x, w) for w in ws], 10)
+        packed = [engine._pack(w, dtype) for w in ws]
+
+        def plain():
+            with cast:
+                return [torch.nn.functional.linear(x, w) for w in ws]
+
+        t_lin = timed(plain, 10)
         t_pk = timed(lambda: [engine._linear(x, p) for p in packed], 10)
         flops = 2 * M * n_in * n_out * count
-        print(f"   {name:14s} {n_in}x{n_out}: F.linear {t_lin * 1e3:7.2f} ms ({flops / t_lin / 1e9:5.0f} GFLOP/s)   "
+        print(f"   {name:14s} {n_in}x{n_out}: F.linear{' (autocast)' if bf16 else ''} {t_lin * 1e3:7.2f} ms "
+              f"({flops / t_lin / 1e9:5.0f} GFLOP/s)   "
               f"oneDNN packed {t_pk * 1e3:7.2f} ms ({flops / t_pk / 1e9:5.0f} GFLOP/s)")
     logits = torch.randn(M, c.vocab_size) * 3
     g = torch.Generator().manual_seed(0)
@@ -86,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     task = load_task("movie_reviews")
     prompts = [task.format_prompt(p) for p in task.prompts("eval")][:M]
     ids, mask = encode_prompts(tok, prompts, "You are a helpful assistant.")
-    with torch.no_grad():
+    with torch.no_grad(), cast:
         cache, logits = prefill_distinct(lm, ids, mask.long(), logits_to_keep=1)
         attn, pos, nxt = mask.long(), mask.sum(1), logits[:, -1].argmax(-1)
         hf = []
@@ -97,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
                      use_cache=True)
             hf.append(time.perf_counter() - t)
             cache, pos, nxt = out.past_key_values, pos + 1, out.logits[:, -1].argmax(-1)
-        dec = engine.EngineDecoder(lm, 16)
+        dec = engine.EngineDecoder(lm, 16, bf16=bf16)
         nxt = dec.prefill(ids, mask).argmax(-1)
         ours = []
         for _ in range(12):
@@ -105,8 +121,21 @@ def main(argv: list[str] | None = None) -> None:
             nxt = dec.step(nxt).argmax(-1)
             ours.append(time.perf_counter() - t)
     hf_s, our_s = sum(hf[2:]) / 10, sum(ours[2:]) / 10
-    print(f"3. decode step, {M} rows, prompt width {ids.shape[1]}: transformers {hf_s * 1e3:.0f} ms, "
-          f"engine {our_s * 1e3:.0f} ms ({hf_s / our_s:.2f}x)")
+    print(f"3. decode step, {M} rows, prompt width {ids.shape[1]}: transformers{' (autocast)' if bf16 else ''} "
+          f"{hf_s * 1e3:.0f} ms, engine {our_s * 1e3:.0f} ms ({hf_s / our_s:.2f}x)")
+    H, Hkv = c.num_attention_heads, c.num_key_value_heads
+    D, S = c.hidden_size // H, ids.shape[1] + 12
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(M, h, t, D, generator=g) for h, t in ((H, 1), (Hkv, S), (Hkv, S)))
+    visible = torch.ones(M, 1, 1, S, dtype=torch.bool)
+    times = {}
+    for dt in (torch.float32, torch.bfloat16):
+        a, b, cc = (t.to(dt) for t in (q, k, v))
+        times[dt] = timed(lambda: [torch.nn.functional.scaled_dot_product_attention(a, b, cc, attn_mask=visible,
+                                                                                    enable_gqa=True)
+                                   for _ in range(c.num_hidden_layers)], 5)
+    print(f"4. attention for one decode query, {M} rows, {S} keys, {c.num_hidden_layers} layers: "
+          f"fp32 {times[torch.float32] * 1e3:.1f} ms, bf16 {times[torch.bfloat16] * 1e3:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -181,6 +181,7 @@ class EngineDecoder:
         self.max_new = max_new_tokens
 
     @torch.no_grad()
+    @torch.autocast("cpu", enabled=False)  # the engine sets its own precision; a caller's autocast would run attention in bf16
     def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, groups=None) -> torch.Tensor:
         """Cache the prompts; returns the logits of each row's next token (B, V)."""
         from rlhfkit.forward import distinct_rows
@@ -282,6 +283,7 @@ class EngineDecoder:
         return w.logits(h[:, -1])
 
     @torch.no_grad()
+    @torch.autocast("cpu", enabled=False)
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (B,); returns the next logits (B, V)."""
         w = self.w
