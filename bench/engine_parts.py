@@ -10,7 +10,10 @@
 3. one decode step of the model at a ~100-token cache: transformers' forward with its DynamicCache against the
    engine's step. Run it once with OMP_WAIT_POLICY=PASSIVE in the environment to see what that setting costs;
 4. attention for one decode query per row at that cache (SDPA with GQA, a layer's worth) in fp32 and in bf16:
-   why the engine's bf16 mode attends in fp32.
+   why the engine's bf16 mode attends in fp32;
+5. a forward over the prompts alone: transformers' model forward (hidden states; no LM head) against the
+   engine's prefill (which runs the shared system turn once and the LM head at the last position): what
+   scoring passes could gain from the engine.
 
 --precision bf16 (only where the CPU has native bf16 unless forced) measures parts 1 and 3 in bf16: F.linear
 under autocast (which casts the weight on every call) against oneDNN with the weight packed once in bf16, and
@@ -123,6 +126,14 @@ def main(argv: list[str] | None = None) -> None:
     hf_s, our_s = sum(hf[2:]) / 10, sum(ours[2:]) / 10
     print(f"3. decode step, {M} rows, prompt width {ids.shape[1]}: transformers{' (autocast)' if bf16 else ''} "
           f"{hf_s * 1e3:.0f} ms, engine {our_s * 1e3:.0f} ms ({hf_s / our_s:.2f}x)")
+    def hf_forward():
+        with torch.no_grad(), cast:
+            return lm.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0))
+
+    t_hf = timed(hf_forward, 3)
+    t_en = timed(lambda: engine.EngineDecoder(lm, 1, bf16=bf16).prefill(ids, mask), 3)
+    print(f"5. forward over {M} prompts of width {ids.shape[1]}: transformers{' (autocast)' if bf16 else ''} "
+          f"{t_hf:.2f} s, engine prefill {t_en:.2f} s ({t_hf / t_en:.2f}x)")
     H, Hkv = c.num_attention_heads, c.num_key_value_heads
     D, S = c.hidden_size // H, ids.shape[1] + 12
     g = torch.Generator().manual_seed(1)
