@@ -9,11 +9,11 @@
    vocabulary) against the current one (fused softmax, two-level inverse CDF);
 3. one decode step of the model at a ~100-token cache: transformers' forward with its DynamicCache against the
    engine's step. Run it once with OMP_WAIT_POLICY=PASSIVE in the environment to see what that setting costs;
-4. attention for one decode query per row at that cache (SDPA with GQA, a layer's worth) in fp32 and in bf16:
-   why the engine's bf16 mode attends in fp32;
-5. a forward over the prompts alone: transformers' model forward (hidden states; no LM head) against the
+4. a forward over the prompts alone: transformers' model forward (hidden states; no LM head) against the
    engine's prefill (which runs the shared system turn once and the LM head at the last position): what
-   scoring passes could gain from the engine.
+   scoring passes could gain from the engine;
+5. attention for one decode query per row at that cache (SDPA with GQA, every layer) in fp32 and in bf16:
+   why the engine's bf16 mode attends in fp32.
 
 --precision bf16 (only where the CPU has native bf16 unless forced) measures parts 1 and 3 in bf16: F.linear
 under autocast (which casts the weight on every call) against oneDNN with the weight packed once in bf16, and
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
 
     t_hf = timed(hf_forward, 3)
     t_en = timed(lambda: engine.EngineDecoder(lm, 1, bf16=bf16).prefill(ids, mask), 3)
-    print(f"5. forward over {M} prompts of width {ids.shape[1]}: transformers{' (autocast)' if bf16 else ''} "
+    print(f"4. forward over {M} prompts of width {ids.shape[1]}: transformers{' (autocast)' if bf16 else ''} "
           f"{t_hf:.2f} s, engine prefill {t_en:.2f} s ({t_hf / t_en:.2f}x)")
     H, Hkv = c.num_attention_heads, c.num_key_value_heads
     D, S = c.hidden_size // H, ids.shape[1] + 12
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         times[dt] = timed(lambda: [torch.nn.functional.scaled_dot_product_attention(a, b, cc, attn_mask=visible,
                                                                                     enable_gqa=True)
                                    for _ in range(c.num_hidden_layers)], 5)
-    print(f"4. attention for one decode query, {M} rows, {S} keys, {c.num_hidden_layers} layers: "
+    print(f"5. attention for one decode query, {M} rows, {S} keys, {c.num_hidden_layers} layers: "
           f"fp32 {times[torch.float32] * 1e3:.1f} ms, bf16 {times[torch.bfloat16] * 1e3:.1f} ms")
 
 
