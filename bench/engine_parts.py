@@ -15,9 +15,9 @@
 5. attention for one decode query per row at that cache (SDPA with GQA, every layer) in fp32 and in bf16:
    why the engine's bf16 mode attends in fp32.
 
---precision bf16 (only where the CPU has native bf16 unless forced) measures parts 1 and 3 in bf16: F.linear
-under autocast (which casts the weight on every call) against oneDNN with the weight packed once in bf16, and
-transformers' decode step under autocast against the engine's bf16 step.
+--precision bf16 (meant for CPUs with native bf16; emulated elsewhere, and slow) measures parts 1, 3 and 4 in
+bf16: F.linear under autocast (which casts the weight on every call) against oneDNN with the weight packed once
+in bf16, and transformers' forward under autocast against the engine's bf16 mode.
 """
 
 from __future__ import annotations
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     hf_s, our_s = sum(hf[2:]) / 10, sum(ours[2:]) / 10
     print(f"3. decode step, {M} rows, prompt width {ids.shape[1]}: transformers{' (autocast)' if bf16 else ''} "
           f"{hf_s * 1e3:.0f} ms, engine {our_s * 1e3:.0f} ms ({hf_s / our_s:.2f}x)")
+
     def hf_forward():
         with torch.no_grad(), cast:
             return lm.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0))

@@ -88,8 +88,9 @@ class PackedLlama:
     ``dtype`` bfloat16 computes what the model computes under CPU autocast to bf16: every linear layer in
     bf16 (weights cast once here, not on every call as autocast does); the residual stream, the norms and
     the rotary embedding in fp32; attention reads queries, keys and values rounded to bf16, as autocast's
-    does, but runs in fp32: torch's CPU flash-attention kernel in bf16 took 1.7 ms per layer for one
-    decode step of 32 rows against 0.5 ms in fp32 (AMD EPYC with AVX-512 BF16), more than all the GEMMs."""
+    does, but runs in fp32: torch's CPU flash-attention kernel is several times slower in bf16 for one query
+    per row (the 30 layers' attention of a 32-row decode step: 57.5 ms in bf16, 10.7 ms in fp32 on an AMD
+    EPYC with AVX-512 BF16, more than all the GEMMs; ``bench/engine_parts.py --precision bf16``, part 5)."""
 
     def __init__(self, model, dtype: torch.dtype = torch.float32):
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
