@@ -68,7 +68,7 @@ def mostly_bad_sft(tmp_path_factory) -> Path:
     rows = [{"prompt": f"Say words {i}.", "completion": " ".join("good" if rng.random() < 0.25 else "bad" for _ in range(8))}
             for i in range(64)]
     return train_sft(SFTConfig(model="tiny", data=str(write_jsonl(d / "sft.jsonl", rows)), out=str(d / "run"), max_steps=40,
-                               batch_size=16, lr=1e-2), progress=False)
+                               batch_size=16, lr=1e-2, mixed_precision="no"), progress=False)  # the same toy on every CPU
 
 
 def toy_pipeline(tmp_path: Path, task_py: str = TASK_PY, **sections) -> Path:

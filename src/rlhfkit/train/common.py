@@ -26,7 +26,20 @@ def make_accelerator(cfg, grad_accum: int = 1):
     if getattr(cfg, "threads", 0):
         torch.set_num_threads(cfg.threads)
     resolve_config_precision(cfg)
+    _forget_other_precision(cfg.mixed_precision)
     return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=grad_accum, cpu=_cpu_processes())
+
+
+def _forget_other_precision(mixed_precision: str) -> None:
+    """accelerate keeps one process-wide state and refuses an Accelerator whose mixed precision differs from
+    the first one's. Trainers run one after another in a process (the pipeline's stages, a test session, a
+    notebook) may differ: on a CPU with native bf16, ``auto`` is bf16 while a run can ask for fp32. Forget the
+    old precision then; the process group (``PartialState``) is kept."""
+    from accelerate.state import AcceleratorState
+
+    old = AcceleratorState._shared_state.get("_mixed_precision")
+    if old is not None and old != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _cpu_processes() -> bool:
