@@ -13,9 +13,13 @@
    engine's prefill (which runs the shared system turn once and the LM head at the last position): what
    scoring passes could gain from the engine;
 5. attention for one decode query per row at that cache (SDPA with GQA, every layer) in fp32 and in bf16:
-   why the engine's bf16 mode attends in fp32.
+   why the engine's bf16 mode attends in fp32;
+6. a scoring pass (``forward_response``, no gradient): the log-probs of 2 responses per prompt (the task's
+   demonstrations, <= 40 tokens), each distinct prompt once, with transformers' forward against the engine's
+   (prefill, then each response as one block): the pass behind the reference log-probs, the panel's fluency,
+   the reward model and PPO's pi_old/values.
 
---precision bf16 (meant for CPUs with native bf16; emulated elsewhere, and slow) measures parts 1, 3 and 4 in
+--precision bf16 (meant for CPUs with native bf16; emulated elsewhere, and slow) measures parts 1, 3, 4 and 6 in
 bf16: F.linear under autocast (which casts the weight on every call) against oneDNN with the weight packed once
 in bf16, and transformers' forward under autocast against the engine's bf16 mode.
 """
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
 
     quiet_libraries()
     from rlhfkit import engine
-    from rlhfkit.forward import encode_prompts, prefill_distinct
+    from rlhfkit.forward import encode_prompts, encode_responses, forward_response, prefill_distinct
     from rlhfkit.models import load_causal_lm, load_tokenizer
     from rlhfkit.rollout import GenerationConfig, _sample_token
     from rlhfkit.tasks import load_task
@@ -148,6 +152,23 @@ def main(argv: list[str] | None = None) -> None:
                                    for _ in range(c.num_hidden_layers)], 5)
     print(f"5. attention for one decode query, {M} rows, {S} keys, {c.num_hidden_layers} layers: "
           f"fp32 {times[torch.float32] * 1e3:.1f} ms, bf16 {times[torch.bfloat16] * 1e3:.1f} ms")
+    demos = [r["completion"] for r in map(__import__("json").loads, task.path("sft").read_text().splitlines()[: 2 * M])]
+    r_ids, r_mask = encode_responses(tok, demos, max_tokens=40)
+    p_ids, p_mask = ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0)
+
+    def scoring(on: bool):
+        was, engine.ENABLED = engine.ENABLED, on
+        try:
+            with torch.no_grad(), cast:
+                return forward_response(lm, p_ids, p_mask, r_ids, r_mask, share_prompts=True)["logprobs"].float()
+        finally:
+            engine.ENABLED = was
+
+    gap = (scoring(True) - scoring(False))[r_mask.bool()].abs().max().item()
+    t_hf, t_en = timed(lambda: scoring(False), 3), timed(lambda: scoring(True), 3)
+    print(f"6. scoring pass, {2 * M} responses ({int(r_mask.sum())} tokens) to {M} prompts: transformers"
+          f"{' (autocast)' if bf16 else ''} {t_hf:.2f} s, engine {t_en:.2f} s ({t_hf / t_en:.2f}x); "
+          f"largest log-prob difference {gap:.1e}")
 
 
 if __name__ == "__main__":

@@ -44,5 +44,6 @@ def test_engine_parts_bench_prints_each_part(capsys):
     out = capsys.readouterr().out
     assert "oneDNN packed" in out and "sampling step" in out and "decode step, 3 rows" in out
     assert "attention for one decode query, 3 rows" in out and "forward over 3 prompts" in out
+    assert "scoring pass, 6 responses" in out
     bench.main(["--model", "tiny", "--rows", "3", "--precision", "bf16"])
     assert "transformers (autocast)" in capsys.readouterr().out

@@ -123,9 +123,78 @@ def test_samples_equal_transformers_path(eos_lm, tok):
     assert torch.equal(e_ids, h_ids) and torch.equal(e_mask, h_mask) and torch.equal(e_end, h_end)
     torch.testing.assert_close(e_lp, h_lp, rtol=0, atol=1e-4)
     m = e_mask.bool()
-    with torch.no_grad():
+    with torch.no_grad(), engine_off():  # transformers' forward, not the engine's scoring pass
         full = forward_response(eos_lm, ids, mask, e_ids, e_mask)["logprobs"]
     torch.testing.assert_close(full[m], e_lp[m], rtol=0, atol=1e-4)
+
+
+class engine_off:
+    def __enter__(self):
+        self.was, engine.ENABLED = engine.ENABLED, False
+
+    def __exit__(self, *exc):
+        engine.ENABLED = self.was
+
+
+RESPONSES = ["It was a good one, I think.", "", "Hello", "2 + 2 is 4, and 4 + 4 is 8.", "Hi there"]
+
+
+def scoring_passes(lm, policy, rm_model, tok, bf16: bool):
+    """forward_response's log-probs (prompts shared, and each row alone), a PolicyWithValue's log-probs
+    and values, and a reward model's scores on the same (prompt, response) rows."""
+    from rlhfkit.forward import encode_responses
+
+    p, pm = encode_prompts(tok, PROMPTS)
+    r, rm = encode_responses(tok, RESPONSES)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        shared = forward_response(lm, p, pm, r, rm, temperature=0.7, share_prompts=True)["logprobs"].float()
+        alone = forward_response(lm, p, pm, r, rm, temperature=0.7)["logprobs"].float()
+        pv = forward_response(policy, p, pm, r, rm, temperature=0.7, with_values=True)
+        scores = rm_model(torch.cat([p, r], 1), torch.cat([pm, rm], 1), response_start=p.shape[1]).float()
+    m = rm.bool()
+    return shared[m], alone[m], pv["logprobs"].float()[m], pv["values"].float()[m], scores
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_scoring_pass_equals_transformers_path(lm, tok, monkeypatch, bf16):
+    """Without gradient, forward_response (plain LM, PolicyWithValue) and the reward model's scoring run
+    the engine (each distinct prompt prefilled once, each response as one block, rows in several passes
+    here): the same log-probs, values and scores as transformers' forward, within 1e-4 in fp32 and bf16
+    rounding under bf16 autocast."""
+    from rlhfkit.precision import native_bf16
+
+    if bf16 and not native_bf16("cpu"):
+        pytest.skip("the engine runs bf16 only where the CPU computes it natively")
+    from rlhfkit.models import PolicyWithValue, RewardModel
+
+    policy = PolicyWithValue(lm)
+    torch.nn.init.normal_(policy.value_head.summary.weight, std=0.1)
+    torch.manual_seed(0)
+    rm_model = RewardModel.from_pretrained("tiny").eval()  # a random head: scores of a few units
+    calls = []
+    real = engine.response_states
+    monkeypatch.setattr(engine, "response_states", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(engine, "ROWS_PER_PASS", 2)
+    got = scoring_passes(lm, policy, rm_model, tok, bf16)
+    assert len(calls) == 4  # every pass took the engine
+    with engine_off():
+        want = scoring_passes(lm, policy, rm_model, tok, bf16)
+    assert len(calls) == 4
+    tol = 2e-2 if bf16 else 1e-4
+    for name, g, w in zip(("shared", "alone", "policy", "values", "reward"), got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=tol, msg=lambda m: f"{name}: {m}")
+
+
+def test_scoring_with_gradient_takes_transformers_path(lm, tok, monkeypatch):
+    """Training passes need autograd: the engine is for scoring only."""
+    from rlhfkit.forward import encode_responses
+
+    monkeypatch.setattr(engine, "response_states", lambda *a, **k: pytest.fail("the engine ran with gradient"))
+    trainable = copy.deepcopy(lm).requires_grad_(True)
+    p, pm = encode_prompts(tok, PROMPTS[:2])
+    r, rm = encode_responses(tok, RESPONSES[:2])
+    lp = forward_response(trainable, p, pm, r, rm)["logprobs"]
+    assert lp.requires_grad
 
 
 def test_sample_batch_takes_the_engine_by_default(lm, tok, monkeypatch):

@@ -54,14 +54,17 @@ _PACKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def applies(model, bf16: bool) -> bool:
-    """Whether ``model`` takes the engine: a plain Llama causal LM with fp32 weights on a CPU with oneDNN,
-    in fp32, or in bf16 (what autocast computes) where the CPU has native bf16."""
+    """Whether ``model`` takes the engine: a plain Llama causal LM (or its bare ``LlamaModel`` backbone, for
+    hidden states) with fp32 weights on a CPU with oneDNN, in fp32, or in bf16 (what autocast computes)
+    where the CPU has native bf16."""
     global _PACKED_OK
-    if not ENABLED or type(model).__name__ != "LlamaForCausalLM":
+    if not ENABLED or type(model).__name__ not in ("LlamaForCausalLM", "LlamaModel"):
         return False
     cfg = model.config
     p = next(model.parameters())
     if p.device.type != "cpu" or p.dtype != torch.float32 or getattr(cfg, "mlp_bias", False):
+        return False
+    if model.training and getattr(cfg, "attention_dropout", 0.0):  # the engine has no dropout
         return False
     if bf16:
         from rlhfkit.precision import native_bf16
@@ -96,8 +99,10 @@ class PackedLlama:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         self.rope = apply_rotary_pos_emb
+        # a causal LM, or a bare backbone (no LM head: hidden states only, the reward model's body)
+        body = model.model if hasattr(model, "lm_head") else model
         # the pieces used, not the model: the cache below is keyed weakly by the model
-        self.rotary, self.norm, self.embed_tokens = model.model.rotary_emb, model.model.norm, model.model.embed_tokens
+        self.rotary, self.norm, self.embed_tokens = body.rotary_emb, body.norm, body.embed_tokens
         cfg = model.config
         self.vocab_size = cfg.vocab_size
         self.H, self.Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -108,7 +113,7 @@ class PackedLlama:
         self.versions = self.param_versions(model)
         self.layers = []
         with torch.no_grad():
-            for layer in model.model.layers:
+            for layer in body.layers:
                 a, mlp = layer.self_attn, layer.mlp
                 qkv_bias = None
                 if a.q_proj.bias is not None:
@@ -120,7 +125,7 @@ class PackedLlama:
                     gate_up=_pack(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), dtype),
                     down=_pack(mlp.down_proj.weight, dtype),
                 ))
-            self.head = _pack(model.lm_head.weight, dtype)
+            self.head = _pack(model.lm_head.weight, dtype) if hasattr(model, "lm_head") else None
 
     @staticmethod
     def param_versions(model) -> tuple:
@@ -159,10 +164,10 @@ class PackedLlama:
         gu = _linear(layer["norm2"](h), layer["gate_up"])
         return h + _linear(layer["act"](gu[..., : self.inter]) * gu[..., self.inter :], layer["down"])
 
-    def logits(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, final normed hidden state) of hidden states h."""
+    def logits(self, h: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(logits, final normed hidden state) of hidden states h (logits None for a bare backbone)."""
         normed = self.norm(h)
-        return _linear(normed, self.head), normed
+        return (None if self.head is None else _linear(normed, self.head)), normed
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(ids)
@@ -184,7 +189,8 @@ class EngineDecoder:
     @torch.no_grad()
     @torch.autocast("cpu", enabled=False)  # the engine sets its own precision; a caller's autocast would run attention in bf16
     def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, groups=None) -> torch.Tensor:
-        """Cache the prompts; returns the logits of each row's next token (B, V)."""
+        """Cache the prompts; returns the logits of each row's next token (B, V) (None for a bare backbone;
+        ``last_hidden`` holds the final normed hidden states)."""
         from rlhfkit.forward import distinct_rows
 
         w = self.w
@@ -203,8 +209,13 @@ class EngineDecoder:
         W = max(len(r) for r in rest)
         S = c + W + self.max_new
         L = len(w.layers)
-        self.k = torch.zeros(L, B, w.Hkv, S, w.D)
-        self.v = torch.zeros(L, B, w.Hkv, S, w.D)
+        # the prefix's columns and the new tokens' are written before any query reads them; of the prompts'
+        # columns a shorter prompt leaves some unwritten, which must hold finite values (a masked key's weight
+        # is 0, but 0 x NaN is NaN): those W columns are zeroed, not the whole cache (~0.1 GB at 96 rows)
+        self.k = torch.empty(L, B, w.Hkv, S, w.D)
+        self.v = torch.empty(L, B, w.Hkv, S, w.D)
+        self.k[:, :, :, c : c + W].zero_()
+        self.v[:, :, :, c : c + W].zero_()
         self.valid = torch.zeros(B, S, dtype=torch.bool)
         self.valid[:, :c] = True
         self.cur = c + W
@@ -219,7 +230,7 @@ class EngineDecoder:
                 self.k[li, :, :, :c] = k
                 self.v[li, :, :, :c] = v
 
-        logits = torch.empty(len(rows), w.vocab_size, dtype=w.dtype)
+        logits = None if w.head is None else torch.empty(len(rows), w.vocab_size, dtype=w.dtype)
         hidden = torch.empty(len(rows), w.embed_tokens.weight.shape[1])
         order = torch.argsort(lengths, descending=True).tolist()
         start = 0
@@ -228,9 +239,11 @@ class EngineDecoder:
             take = max(1, CHUNK_TOKENS // width)
             chunk = order[start : start + take]
             start += len(chunk)
-            logits[chunk], hidden[chunk] = self._run_chunk([rest[i] for i in chunk], chunk, c, W, prefix_kv, inverse)
+            chunk_logits, hidden[chunk] = self._run_chunk([rest[i] for i in chunk], chunk, c, W, prefix_kv, inverse)
+            if logits is not None:
+                logits[chunk] = chunk_logits
         self.last_hidden = hidden[inverse]
-        return logits[inverse]
+        return None if logits is None else logits[inverse]
 
     def _run_prefix(self, ids: torch.Tensor):
         w = self.w
@@ -305,7 +318,65 @@ class EngineDecoder:
         logits, self.last_hidden = w.logits(h[:, -1])
         return logits
 
+    @torch.no_grad()
+    @torch.autocast("cpu", enabled=False)
+    def extend(self, ids: torch.Tensor) -> torch.Tensor:
+        """Feed a block of T tokens per row at once after the cached prompts ((B, T), right-padded: a padding
+        column's output is garbage that no real column reads). Returns the final normed hidden states (B, T, d)
+        of those positions. The block is not written to the cache: scoring, not sampling, uses it (after a
+        prefill with ``max_new_tokens=0``)."""
+        w = self.w
+        B, T = ids.shape
+        c = self.cur
+        # a column sees the prompt's real tokens and the block's columns up to itself
+        mask = torch.cat([self.valid[:, None, :c].expand(B, T, c), torch.ones(T, T, dtype=torch.bool).tril().expand(B, T, T)], dim=2)[:, None]
+        pos = self.next_pos[:, None] + torch.arange(T)
+        h = w.embed(ids)
+        for li, layer in enumerate(w.layers):
+            q, k, v = w.qkv(layer, h, pos)
+            keys = torch.cat([self.k[li, :, :, :c], k], dim=2)
+            values = torch.cat([self.v[li, :, :, :c], v], dim=2)
+            h = w.attend_and_mlp(layer, h, q, keys, values, mask)
+        return w.norm(h)
+
     def select(self, keep: torch.Tensor) -> None:
         """Keep only these rows (indices into the current rows)."""
         self.k, self.v = self.k[:, keep], self.v[:, keep]
         self.valid, self.next_pos = self.valid[keep], self.next_pos[keep]
+
+
+def autocast_bf16() -> bool:
+    """Whether the caller runs under CPU autocast to bf16 (the precision the engine then computes in)."""
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+ROWS_PER_PASS = 64  # rows of one scoring pass: (rows x response tokens) x d activations, and (rows x T) x V logits
+
+
+def response_states(model, prompt_ids, prompt_mask, response_ids, through_last: bool = False) -> torch.Tensor:
+    """The final normed hidden states that score given responses, for ``forward.forward_response`` and the
+    reward model: the prompt's last position and the response's first T-1 (the positions whose logits
+    predict the T response tokens), or with ``through_last`` all T response positions too ((B, T + 1, d)).
+
+    Each distinct prompt is prefilled once (``EngineDecoder.prefill``: its shared prefix once, length-sorted
+    chunks), then each row's response runs as one block (``extend``): GEMMs of rows x T tokens, with the
+    weights packed once. In the precision of the caller's autocast (bf16, or fp32 without it), as
+    transformers' forward would compute; ``applies(model, bf16)`` must hold."""
+    bf16 = autocast_bf16()
+    out = []
+    for i in range(0, len(prompt_ids), ROWS_PER_PASS):
+        rows = slice(i, i + ROWS_PER_PASS)
+        dec = EngineDecoder(model, 0, bf16)
+        dec.prefill(prompt_ids[rows], prompt_mask[rows])
+        first = dec.last_hidden[:, None]
+        block = response_ids[rows] if through_last else response_ids[rows, :-1]
+        out.append(torch.cat([first, dec.extend(block)], dim=1) if block.shape[1] else first)
+    return torch.cat(out)
+
+
+def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head on final normed hidden states (what ``response_states`` returns), in the engine's
+    precision (bf16 logits under bf16 autocast, as transformers' head returns them)."""
+    w = PackedLlama.of(model, torch.bfloat16 if autocast_bf16() else torch.float32)
+    with torch.autocast("cpu", enabled=False):
+        return _linear(hidden, w.head)

@@ -161,6 +161,9 @@ def forward_response(model, prompt_ids, prompt_mask, response_ids, response_mask
     for 1/K of their cost (the REINFORCE/RLOO update).
     """
     T = response_ids.shape[1]
+    lm = _engine_lm(model, with_values, with_entropy, prompt_mask)
+    if lm is not None:
+        return _engine_forward_response(model, lm, prompt_ids, prompt_mask, response_ids, temperature, with_values)
     groups = distinct_rows(prompt_ids, prompt_mask) if share_prompts and not with_values else None
     if groups is not None:
         cache, last = prefill_distinct(model, prompt_ids, prompt_mask, groups, logits_to_keep=1)
@@ -181,6 +184,37 @@ def forward_response(model, prompt_ids, prompt_mask, response_ids, response_mask
     out = _logprobs_entropy(logits[:, :-1], response_ids, temperature, with_entropy)
     if values is not None:
         out["values"] = values[:, :-1]
+    return out
+
+
+def _engine_lm(model, with_values: bool, with_entropy: bool, prompt_mask):
+    """The causal LM whose scoring pass the engine runs (``rlhfkit.engine``), or None for transformers' path:
+    without gradient, without entropy, on a plain Llama (or a PolicyWithValue around one) that the engine
+    computes in the caller's precision."""
+    from rlhfkit import engine
+
+    if torch.is_grad_enabled() or with_entropy or not bool(prompt_mask.any(1).all()):
+        return None
+    lm = getattr(model, "lm", None) if with_values else model
+    if lm is None or (with_values and not hasattr(model, "value_head")):
+        return None
+    return lm if engine.applies(lm, engine.autocast_bf16()) else None
+
+
+def _engine_forward_response(model, lm, prompt_ids, prompt_mask, response_ids, temperature: float, with_values: bool) -> dict:
+    """``forward_response`` through the engine: the response positions' hidden states (each distinct
+    prompt once), the LM head and log-softmax a block of rows at a time (no (B, T, V) logits of the whole
+    batch), and the value head on the same hidden states."""
+    from rlhfkit import engine
+
+    hidden = engine.response_states(lm, prompt_ids, prompt_mask, response_ids)
+    logprobs = []
+    for i in range(0, len(hidden), 16):
+        logits = engine.head_logits(lm, hidden[i : i + 16])
+        logprobs.append(ops.token_logprobs_and_entropy(logits, response_ids[i : i + 16], temperature, with_entropy=False)[0])
+    out = {"logprobs": torch.cat(logprobs)}
+    if with_values:
+        out["values"] = model.value_head(hidden)
     return out
 
 
