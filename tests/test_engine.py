@@ -61,6 +61,15 @@ def test_applies_only_where_it_is_the_same_function(lm):
         engine.ENABLED = was
 
 
+def test_availability_check_ignores_a_callers_autocast(lm, monkeypatch):
+    """The first ``applies`` of a process may come from a scoring pass under bf16 autocast; the one-time
+    check of oneDNN's packed linear must not compare a bf16 product with fp32 and switch the engine off."""
+    monkeypatch.setattr(engine, "_PACKED_OK", None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert engine.applies(lm, bf16=False)
+    assert engine._PACKED_OK is True
+
+
 def test_logits_equal_the_models_forward(lm, tok):
     """Prefill (shared prefix, a repeated prompt, prompts of different lengths in length-sorted chunks)
     and decode steps, with rows dropped midway, against full forwards over the same tokens."""

@@ -39,6 +39,7 @@ ENABLED = os.environ.get("RLHFKIT_ENGINE", "1") != "0"
 CHUNK_TOKENS = 2048
 
 
+@torch.autocast("cpu", enabled=False)  # checked in fp32 even when the first caller runs under autocast
 def _packed_linear_available() -> bool:
     try:
         w = torch.randn(8, 4)
