@@ -1,6 +1,6 @@
 """The parts of the sampling engine (rlhfkit/engine.py) measured one by one, with the CPU named.
 
-    .venv/bin/python bench/engine_parts.py [--rows 32] [--model smollm2-135m]
+    .venv/bin/python bench/engine_parts.py [--rows 32] [--model smollm2-135m] [--precision bf16] [--compile]
 
 1. GEMM at M = rows on SmolLM2-135M's shapes (30 layers' worth of distinct weights, so they stream from memory
    as in a decode step): torch's F.linear (MKL, packs the weight on every call) against oneDNN with the weight
@@ -17,7 +17,11 @@
 6. a scoring pass (``forward_response``, no gradient): the log-probs of 2 responses per prompt (the task's
    demonstrations, <= 40 tokens), each distinct prompt once, with transformers' forward against the engine's
    (prefill, then each response as one block): the pass behind the reference log-probs, the panel's fluency,
-   the reward model and PPO's pi_old/values.
+   the reward model and PPO's pi_old/values;
+7. (only with --compile) torch.compile (inductor) of the engine's per-layer pieces (``PackedLlama.qkv`` and
+   ``attend_and_mlp``: norms, rotary, attention, activations and residual adds fused; the oneDNN GEMMs stay
+   outside the graph, inductor cannot lower a pre-packed weight): the first prefill (which compiles), then a
+   prefill and a decode step, eager against compiled.
 
 --precision bf16 (meant for CPUs with native bf16; emulated elsewhere, and slow) measures parts 1, 3, 4 and 6 in
 bf16: F.linear under autocast (which casts the weight on every call) against oneDNN with the weight packed once
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--compile", action="store_true", help="also part 7: torch.compile of the engine's layers (compiles for a minute or more)")
     args = ap.parse_args(argv)
     bf16 = args.precision == "bf16"
     import importlib.util
@@ -169,6 +174,40 @@ def main(argv: list[str] | None = None) -> None:
     print(f"6. scoring pass, {2 * M} responses ({int(r_mask.sum())} tokens) to {M} prompts: transformers"
           f"{' (autocast)' if bf16 else ''} {t_hf:.2f} s, engine {t_en:.2f} s ({t_hf / t_en:.2f}x); "
           f"largest log-prob difference {gap:.1e}")
+    if args.compile:
+        compiled_layers(lm, ids, mask, bf16)
+
+
+def compiled_layers(lm, ids, mask, bf16: bool) -> None:
+    """Part 7: the engine's prefill and decode step with its per-layer pieces eager, then compiled."""
+    from rlhfkit import engine
+
+    def prefill_and_step() -> tuple[float, float]:
+        dec = engine.EngineDecoder(lm, 16, bf16=bf16)
+        t = time.perf_counter()
+        nxt = dec.prefill(ids, mask).argmax(-1)
+        prefill_s, steps = time.perf_counter() - t, []
+        for _ in range(12):
+            t = time.perf_counter()
+            nxt = dec.step(nxt).argmax(-1)
+            steps.append(time.perf_counter() - t)
+        return prefill_s, sum(steps[2:]) / 10
+
+    eager = [prefill_and_step() for _ in range(2)][-1]
+    P, saved = engine.PackedLlama, (engine.PackedLlama.qkv, engine.PackedLlama.attend_and_mlp, engine._linear)
+    engine._linear = torch.compiler.disable(engine._linear)  # a graph break around each GEMM
+    P.qkv, P.attend_and_mlp = torch.compile(P.qkv, dynamic=True), torch.compile(P.attend_and_mlp, dynamic=True)
+    try:
+        t = time.perf_counter()
+        prefill_and_step()
+        first = time.perf_counter() - t
+        compiled = [prefill_and_step() for _ in range(2)][-1]
+    finally:
+        P.qkv, P.attend_and_mlp, engine._linear = saved
+        torch._dynamo.reset()
+    print(f"7. torch.compile of the engine's layers, {len(ids)} rows: first prefill + 12 steps {first:.1f} s (compiling); "
+          f"prefill eager {eager[0]:.2f} s, compiled {compiled[0]:.2f} s ({eager[0] / compiled[0]:.2f}x); "
+          f"decode step eager {eager[1] * 1e3:.0f} ms, compiled {compiled[1] * 1e3:.0f} ms ({eager[1] / compiled[1]:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -47,3 +47,20 @@ def test_engine_parts_bench_prints_each_part(capsys):
     assert "scoring pass, 6 responses" in out
     bench.main(["--model", "tiny", "--rows", "3", "--precision", "bf16"])
     assert "transformers (autocast)" in capsys.readouterr().out
+
+
+def test_engine_parts_compiled_layers_run(capsys):
+    """Part 7 (--compile) on the tiny model: the compiled layers run and the eager ones are put back."""
+    from rlhfkit import engine
+    from rlhfkit.forward import encode_prompts
+    from rlhfkit.models import load_causal_lm, load_tokenizer
+
+    spec = importlib.util.spec_from_file_location("bench_engine_parts", BENCH.parent / "engine_parts.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    before = (engine.PackedLlama.qkv, engine.PackedLlama.attend_and_mlp, engine._linear)
+    tok, lm = load_tokenizer("tiny"), load_causal_lm("tiny", trainable=False)
+    ids, mask = encode_prompts(tok, ["Hi", "Tell me about cats."])
+    bench.compiled_layers(lm, ids, mask, bf16=False)
+    assert "7. torch.compile of the engine's layers, 2 rows" in capsys.readouterr().out
+    assert (engine.PackedLlama.qkv, engine.PackedLlama.attend_and_mlp, engine._linear) == before

@@ -61,6 +61,32 @@ def test_applies_only_where_it_is_the_same_function(lm):
         engine.ENABLED = was
 
 
+def test_models_with_injected_adapters_take_transformers_path(lm, tok):
+    """LoRA layers injected by peft (a LoRA reward model's backbone, a base model taken out of its
+    PeftModel) are not in the packed weights: the engine must not run them, and the scores are the model's."""
+    from peft import LoraConfig, get_peft_model
+
+    from rlhfkit.forward import encode_responses
+    from rlhfkit.models import LoraSettings, RewardModel
+
+    peft_lm = get_peft_model(copy.deepcopy(lm), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    assert not engine.applies(peft_lm, bf16=False) and not engine.applies(peft_lm.get_base_model(), bf16=False)
+    torch.manual_seed(0)
+    rm_model = RewardModel.from_pretrained("tiny", lora=LoraSettings(r=4, alpha=8)).eval()
+    backbone, _ = rm_model._parts()
+    assert not engine.applies(backbone, bf16=False)
+    for name, p in rm_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)  # adapters that change the scores
+    p, pm = encode_prompts(tok, PROMPTS)
+    r, rm = encode_responses(tok, RESPONSES)
+    args = (torch.cat([p, r], 1), torch.cat([pm, rm], 1))
+    with torch.no_grad():
+        shared = rm_model(*args, response_start=p.shape[1])
+        whole = rm_model(*args)
+    torch.testing.assert_close(shared, whole, rtol=0, atol=1e-4)
+
+
 def test_availability_check_ignores_a_callers_autocast(lm, monkeypatch):
     """The first ``applies`` of a process may come from a scoring pass under bf16 autocast; the one-time
     check of oneDNN's packed linear must not compare a bf16 product with fp32 and switch the engine off."""

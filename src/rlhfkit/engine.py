@@ -1,5 +1,5 @@
-"""A sampling engine for Llama-family models on a CPU: the same function as the model's forward, in
-less time.
+"""A sampling (and scoring) engine for Llama-family models on a CPU: the same function as the model's
+forward, in less time.
 
 Measured on 2 AMD EPYC cores (AVX2, fp32), SmolLM2-135M, 32 rows (``bench/generate.py --vs-hf``),
 transformers' decode step spends its time in small GEMMs (M = rows: MKL re-packs every weight on every
@@ -14,6 +14,12 @@ prefill pays for left padding and for the chat template's system turn that every
 - the prefix that every prompt shares is run once; each distinct prompt's rest runs in chunks sorted by
   length, so padding costs little; rows that repeat a prompt (n samples of it) copy its cache;
 - finished rows leave the batch in groups (``compact_fraction``), not one copy of the cache per row.
+
+Scoring passes (log-probs, values and reward-model scores of given responses, without gradient) run it too:
+``response_states`` prefills each distinct prompt once and then feeds every row's response as one block of
+tokens (``EngineDecoder.extend``); ``forward.forward_response`` and ``models.RewardModel`` call it where
+``applies`` holds. In fp32 that pass is ~1.6x transformers' (MKL's GEMMs are the slower ones); in bf16 both are
+GEMM-bound at oneDNN's rate and the engine gains only the shared prefix (``bench/engine_parts.py``, part 6).
 
 It is used only where it is the same function: a plain ``LlamaForCausalLM`` (no adapters, no value head)
 on a CPU with oneDNN present, in fp32, or in bf16 where the CPU computes it natively (AVX-512 BF16, AMX:
@@ -66,6 +72,15 @@ def applies(model, bf16: bool) -> bool:
     if p.device.type != "cpu" or p.dtype != torch.float32 or getattr(cfg, "mlp_bias", False):
         return False
     if model.training and getattr(cfg, "attention_dropout", 0.0):  # the engine has no dropout
+        return False
+    # every projection a plain Linear: adapters injected into the layers (peft's LoRA, inside a reward
+    # model's backbone or a base model taken out of its PeftModel) would be left out of the packed weights
+    body = model.model if hasattr(model, "lm_head") else model
+    if any(type(m) is not torch.nn.Linear for layer in body.layers
+           for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+                     layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)):
+        return False
+    if hasattr(model, "lm_head") and type(model.lm_head) is not torch.nn.Linear:
         return False
     if bf16:
         from rlhfkit.precision import native_bf16

@@ -4,7 +4,8 @@ training share.
 Prompts are left-padded and responses right-padded, so that a prompt's last token and a response's
 first sit side by side in every row and positions come from the attention mask. ``forward_response``
 computes the per-token log-probs (and values, entropy) of given responses, each distinct prompt run
-once when several rows repeat it (``distinct_rows``, ``prefill_distinct``, ``continue_from_cache``).
+once when several rows repeat it (``distinct_rows``, ``prefill_distinct``, ``continue_from_cache``); without
+gradient, on a plain Llama on a CPU, it runs through ``rlhfkit.engine`` (the same values, packed weights).
 Sampling itself lives in ``rlhfkit.rollout``.
 """
 

@@ -3,8 +3,10 @@ answer with the initial model's, and the table, samples and report are written."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,17 @@ def reference_logprobs(model, rollouts: list, temperature: float, bf16: bool, ba
                                   share_prompts=True)["logprobs"].float()
         out.append(ops.sequence_logprobs(lp, r_mask[sl]))
     return list(torch.cat(out).view(B, k).unbind(1))
+
+
+@contextlib.contextmanager
+def _phase(ctx: Context, what: str):
+    """A line when a silent scoring pass starts and its seconds when it ends (main process, with progress on)."""
+    t = time.perf_counter()
+    if ctx.progress:
+        print(f"eval: {what} ...", flush=True)
+    yield
+    if ctx.progress:
+        print(f"eval: {what}: {time.perf_counter() - t:.0f} s", flush=True)
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -102,7 +115,9 @@ def stage_eval(ctx: Context) -> dict:
     # full pass and the token-by-token sampler differ by ~0.1 nat per sequence: noise next to the KLs here.)
     others = [m for m in sampled if m != "sft"]
     if sft_lm is not None and others:
-        for name, lp_sft in zip(others, reference_logprobs(sft_lm, [sampled[m] for m in others], c.eval_temperature, c.bf16)):
+        with _phase(ctx, f"log-probs under SFT for the KL ({len(others)} x {(hi - lo) * n} answers)"):
+            lp_sfts = reference_logprobs(sft_lm, [sampled[m] for m in others], c.eval_temperature, c.bf16)
+        for name, lp_sft in zip(others, lp_sfts):
             ro = sampled[name]
             kls[name] = ((ro.logprobs * ro.response_mask).sum(1) - lp_sft).tolist()
     for name in responses:
@@ -128,9 +143,11 @@ def stage_eval(ctx: Context) -> dict:
     flat_i = [where[m][r][0] for m, r in flat]
     # the forward passes split between the processes (the panel's fluency, the reward model), each in the
     # batches one process runs: the same numbers as one process; the judging itself on the main process
-    prefetch_judging(ctx, [openings[i] for i in flat_i], flat_r)
-    proxy_flat = (score_on_processes(ctx.processes, scorer, [prompts[i] for i in flat_i], flat_r).tolist()
-                  if scorer is not None else [None] * len(flat))
+    with _phase(ctx, f"the judge's forward passes ({len(flat)} answers; the panel: fluency under the initial model)"):
+        prefetch_judging(ctx, [openings[i] for i in flat_i], flat_r)
+    with _phase(ctx, f"the reward model ({len(flat)} answers)"):
+        proxy_flat = (score_on_processes(ctx.processes, scorer, [prompts[i] for i in flat_i], flat_r).tolist()
+                      if scorer is not None else [None] * len(flat))
     if not ctx.processes.is_main:
         return None
     gold_flat = np.asarray(ctx.judge.gold_reward([openings[i] for i in flat_i], flat_r))
