@@ -220,6 +220,15 @@ def test_scoring_pass_equals_transformers_path(lm, tok, monkeypatch, bf16):
         torch.testing.assert_close(g, w, rtol=0, atol=tol, msg=lambda m: f"{name}: {m}")
 
 
+def test_scoring_an_empty_response_block_takes_transformers_path(lm, tok, monkeypatch):
+    """No response columns at all (T = 0): nothing to score, and no engine pass to shape it."""
+    monkeypatch.setattr(engine, "response_states", lambda *a, **k: pytest.fail("the engine ran on T = 0"))
+    p, pm = encode_prompts(tok, PROMPTS[:2])
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    with torch.no_grad():
+        assert forward_response(lm, p, pm, empty, empty)["logprobs"].shape == (2, 0)
+
+
 def test_scoring_with_gradient_takes_transformers_path(lm, tok, monkeypatch):
     """Training passes need autograd: the engine is for scoring only."""
     from rlhfkit.forward import encode_responses

@@ -18,11 +18,12 @@ prefill pays for left padding and for the chat template's system turn that every
 Scoring passes (log-probs, values and reward-model scores of given responses, without gradient) run it too:
 ``response_states`` prefills each distinct prompt once and then feeds every row's response as one block of
 tokens (``EngineDecoder.extend``); ``forward.forward_response`` and ``models.RewardModel`` call it where
-``applies`` holds. In fp32 that pass is ~1.6x transformers' (MKL's GEMMs are the slower ones); in bf16 both are
-GEMM-bound at oneDNN's rate and the engine gains only the shared prefix (``bench/engine_parts.py``, part 6).
+``applies`` holds. In fp32 that pass is ~1.5x transformers' (MKL's GEMMs are the slower ones); in bf16 both are
+GEMM-bound at oneDNN's rate and the engine gains 1.1-1.3x, mostly the shared prefix (``bench/engine_parts.py``,
+part 6).
 
-It is used only where it is the same function: a plain ``LlamaForCausalLM`` (no adapters, no value head)
-on a CPU with oneDNN present, in fp32, or in bf16 where the CPU computes it natively (AVX-512 BF16, AMX:
+It is used only where it is the same function: a plain ``LlamaForCausalLM`` (no adapters; for scoring also
+its bare ``LlamaModel`` backbone, and a value head reading its hidden states) on a CPU with oneDNN present, in fp32, or in bf16 where the CPU computes it natively (AVX-512 BF16, AMX:
 then it computes what autocast does, with the weights cast once -- autocast casts every weight on every
 call -- and attention in fp32, ``PackedLlama``); everything else takes transformers' path (``rollout``).
 Tests (tests/test_engine.py) hold its fp32 logits to the model's own forward within 1e-4, its bf16 logits

@@ -162,7 +162,7 @@ def forward_response(model, prompt_ids, prompt_mask, response_ids, response_mask
     for 1/K of their cost (the REINFORCE/RLOO update).
     """
     T = response_ids.shape[1]
-    lm = _engine_lm(model, with_values, with_entropy, prompt_mask)
+    lm = _engine_lm(model, with_values, with_entropy, prompt_mask) if T else None
     if lm is not None:
         return _engine_forward_response(model, lm, prompt_ids, prompt_mask, response_ids, temperature, with_values)
     groups = distinct_rows(prompt_ids, prompt_mask) if share_prompts and not with_values else None
@@ -194,7 +194,7 @@ def _engine_lm(model, with_values: bool, with_entropy: bool, prompt_mask):
     computes in the caller's precision."""
     from rlhfkit import engine
 
-    if torch.is_grad_enabled() or with_entropy or not bool(prompt_mask.any(1).all()):
+    if torch.is_grad_enabled() or with_entropy or not len(prompt_mask) or not bool(prompt_mask.any(1).all()):
         return None
     lm = getattr(model, "lm", None) if with_values else model
     if lm is None or (with_values and not hasattr(model, "value_head")):

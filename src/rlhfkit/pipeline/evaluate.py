@@ -145,9 +145,10 @@ def stage_eval(ctx: Context) -> dict:
     # batches one process runs: the same numbers as one process; the judging itself on the main process
     with _phase(ctx, f"the judge's forward passes ({len(flat)} answers; the panel: fluency under the initial model)"):
         prefetch_judging(ctx, [openings[i] for i in flat_i], flat_r)
-    with _phase(ctx, f"the reward model ({len(flat)} answers)"):
-        proxy_flat = (score_on_processes(ctx.processes, scorer, [prompts[i] for i in flat_i], flat_r).tolist()
-                      if scorer is not None else [None] * len(flat))
+    proxy_flat = [None] * len(flat)
+    if scorer is not None:
+        with _phase(ctx, f"the reward model ({len(flat)} answers)"):
+            proxy_flat = score_on_processes(ctx.processes, scorer, [prompts[i] for i in flat_i], flat_r).tolist()
     if not ctx.processes.is_main:
         return None
     gold_flat = np.asarray(ctx.judge.gold_reward([openings[i] for i in flat_i], flat_r))
