@@ -15,7 +15,8 @@ prefill pays for left padding and for the chat template's system turn that every
   length, so padding costs little; rows that repeat a prompt (n samples of it) copy its cache;
 - finished rows leave the batch in groups (``compact_fraction``), not one copy of the cache per row.
 
-Scoring passes (log-probs, values and reward-model scores of given responses, without gradient) run it too:
+Scoring passes (log-probs, values and reward-model scores of given responses, without gradient; not PPO's
+pi_old in bf16, which must be the update's own function) run it too:
 ``response_states`` prefills each distinct prompt once and then feeds every row's response as one block of
 tokens (``EngineDecoder.extend``); ``forward.forward_response`` and ``models.RewardModel`` call it where
 ``applies`` holds. In fp32 that pass is ~1.5x transformers' (MKL's GEMMs are the slower ones); in bf16 both are
