@@ -192,10 +192,10 @@ def scoring_passes(lm, policy, rm_model, tok, bf16: bool):
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
 def test_scoring_pass_equals_transformers_path(lm, tok, monkeypatch, bf16):
-    """Without gradient, forward_response (plain LM, PolicyWithValue) and the reward model's scoring run
-    the engine (each distinct prompt prefilled once, each response as one block, rows in several passes
-    here): the same log-probs, values and scores as transformers' forward, within 1e-4 in fp32 and bf16
-    rounding under bf16 autocast."""
+    """Without gradient, forward_response (plain LM; a PolicyWithValue in fp32) and the reward model's
+    scoring run the engine (each distinct prompt prefilled once, each response as one block, rows in several
+    passes here): the same log-probs, values and scores as transformers' forward, within 1e-4 in fp32 and
+    bf16 rounding under bf16 autocast."""
     from rlhfkit.precision import native_bf16
 
     if bf16 and not native_bf16("cpu"):
