@@ -368,6 +368,13 @@ def autocast_bf16() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
+def scores(model, prompt_mask: torch.Tensor) -> bool:
+    """Whether a scoring pass of ``model`` over these rows takes the engine: no gradient (updates need
+    autograd), at least one row, a prompt token in every row, and ``applies`` in the caller's precision."""
+    return (not torch.is_grad_enabled() and len(prompt_mask) > 0 and bool(prompt_mask.any(1).all())
+            and applies(model, autocast_bf16()))
+
+
 ROWS_PER_PASS = 64  # rows of one scoring pass: (rows x response tokens) x d activations, and (rows x T) x V logits
 
 

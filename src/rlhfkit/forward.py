@@ -194,18 +194,17 @@ def _engine_lm(model, with_values: bool, with_entropy: bool, prompt_mask):
     computes in the caller's precision."""
     from rlhfkit import engine
 
-    if torch.is_grad_enabled() or with_entropy or not len(prompt_mask) or not bool(prompt_mask.any(1).all()):
+    if with_entropy:
         return None
-    bf16 = engine.autocast_bf16()
     # PPO's pi_old and values (the with_values pass) must be the update's own function, which runs transformers'
     # forward with gradient: in fp32 the engine equals it within 1e-4, but in bf16 its rounding differs from
     # autocast's by up to a few tenths of a nat per token, which would move PPO's first ratios off 1 and clip them
-    if with_values and bf16:
+    if with_values and engine.autocast_bf16():
         return None
     lm = getattr(model, "lm", None) if with_values else model
     if lm is None or (with_values and not hasattr(model, "value_head")):
         return None
-    return lm if engine.applies(lm, bf16) else None
+    return lm if engine.scores(lm, prompt_mask) else None
 
 
 def _engine_forward_response(model, lm, prompt_ids, prompt_mask, response_ids, temperature: float, with_values: bool) -> dict:

@@ -395,13 +395,6 @@ class PolicyWithValue(nn.Module):
 # Reward model
 
 
-def _engine_scores(backbone, prompt_mask) -> bool:
-    """Whether the reward model's scoring pass takes the engine (``rlhfkit.engine``): no gradient, a plain
-    Llama backbone, every row with a prompt token."""
-    return (not torch.is_grad_enabled() and bool(prompt_mask.any(1).all())
-            and engine.applies(backbone, engine.autocast_bf16()))
-
-
 class RewardModel(nn.Module):
     """A backbone and a scalar head read at the last real token of each sequence.
 
@@ -509,7 +502,7 @@ class RewardModel(nn.Module):
         if response_start is not None and 0 < response_start < input_ids.shape[1]:
             p_ids, p_mask = input_ids[:, :response_start], attention_mask[:, :response_start]
             r_ids, r_mask = input_ids[:, response_start:], attention_mask[:, response_start:]
-            if _engine_scores(backbone, p_mask):
+            if engine.scores(backbone, p_mask):
                 # the engine (scoring without gradient): prompt's last + every response position, in one pass
                 hidden = engine.response_states(backbone, p_ids, p_mask, r_ids, through_last=True)
                 picked = hidden[torch.arange(hidden.shape[0]), r_mask.long().sum(1)]
