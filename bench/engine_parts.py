@@ -31,6 +31,7 @@ in bf16, and transformers' forward under autocast against the engine's bf16 mode
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
                                    for _ in range(c.num_hidden_layers)], 5)
     print(f"5. attention for one decode query, {M} rows, {S} keys, {c.num_hidden_layers} layers: "
           f"fp32 {times[torch.float32] * 1e3:.1f} ms, bf16 {times[torch.bfloat16] * 1e3:.1f} ms")
-    demos = [r["completion"] for r in map(__import__("json").loads, task.path("sft").read_text().splitlines()[: 2 * M])]
+    demos = [r["completion"] for r in map(json.loads, task.path("sft").read_text().splitlines()[: 2 * M])]
     r_ids, r_mask = encode_responses(tok, demos, max_tokens=40)
     p_ids, p_mask = ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0)
 
