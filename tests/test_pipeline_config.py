@@ -71,6 +71,16 @@ def test_wire_points_every_method_at_this_runs_files(tmp_path):
     assert cfg.best_of_n.missing_eos_penalty == cfg.expert_iteration.missing_eos_penalty == cfg.ppo.missing_eos_penalty
 
 
+def test_ppo_seed_reseeds_ppo_alone(tmp_path):
+    """--ppo-seed N reruns PPO on a finished run's data with its own seed; every other stage keeps seed."""
+    cfg = wire(load_pipeline_config(None, parse_sets(["seed=5", "ppo_seed=8"])), tmp_path, "no")
+    assert cfg.ppo.seed == 8
+    assert {c.seed for c in (cfg.sft, cfg.reward, cfg.best_of_n, cfg.expert_iteration, cfg.dpo, cfg.rloo)} == {5}
+    assert wire(load_pipeline_config(None, parse_sets(["seed=5"])), tmp_path, "no").ppo.seed == 5
+    with pytest.raises(ValueError, match="ppo.seed is set by the top-level seed, or ppo_seed"):
+        load_pipeline_config(None, parse_sets(["ppo.seed=8"]))
+
+
 def test_a_saved_pipeline_yaml_loads_back_and_is_rewired(tmp_path):
     from rlhfkit.config import save_config
 

@@ -69,7 +69,7 @@ WIRED: dict[str, dict[str, str]] = {
     "sft": {**dict.fromkeys(_RUN + ("resume",), "the pipeline"), "model": "the top-level model", "data": "the task's sft split"},
     "reward": {**dict.fromkeys(_RUN + ("resume",), "the pipeline"), "model": "the pipeline (this run's SFT model)",
                "data": "the preference stage", "reference": "the preference stage (the SFT samples among the rankings)"},
-    "ppo": {**dict.fromkeys(_RUN + ("resume",), "the pipeline"), "model": "the pipeline (this run's SFT model)",
+    "ppo": {**dict.fromkeys(_RUN + ("resume",), "the pipeline"), "seed": "the top-level seed, or ppo_seed for PPO alone", "model": "the pipeline (this run's SFT model)",
             "reward_model": "the pipeline (this run's reward model)", "reward_fn": "the pipeline (this run's reward model)",
             "prompts": "the task's unlabeled split", "max_new_tokens": "the top-level max_new_tokens",
             "temperature": "the top-level temperature"},
@@ -117,6 +117,7 @@ class PipelineConfig:
     model: str = opt("smollm2-135m", "Initial model (alias, .gguf or folder).")
     task: str = opt("movie_reviews", "Bundled task name (rlhfkit.tasks.available_tasks()), or the path of a task folder (see src/rlhfkit/tasks/movie_reviews/README.md).")
     seed: int = opt(0, "Seed of every stage.")
+    ppo_seed: int | None = opt(None, "Seed of the PPO stage alone (not given: seed). `--stages ppo,eval --ppo-seed N` on a finished run keeps its data, reward model, the other methods and the eval prompts: the spread of PPO's result over its own seeds.")
     system_prompt: str | None = opt("You are a helpful assistant.", "System message for the chat template (short: prompts cost tokens).")
     bf16: bool | None = opt(None, "bf16 autocast for sampling, scoring and training. Not given (auto): bf16 only where the device computes it natively (CPUs with AVX-512 BF16 or AMX: ~2x faster; on other CPUs bf16 is many times slower than fp32), fp32 elsewhere.")
     max_new_tokens: int = opt(40, "Longest response, for every method.")
@@ -287,7 +288,7 @@ def wire(cfg: PipelineConfig, run: Path, mixed_precision: str) -> PipelineConfig
         sft=dataclasses.replace(cfg.sft, **common, model=cfg.model, data=str(run / "data" / "sft.jsonl"), out=str(run / "sft"), resume=None),
         reward=dataclasses.replace(cfg.reward, **common, model=str(run / "sft"), data=str(run / "prefs" / "rankings.jsonl"),
                                    reference=str(run / "data" / "reward_reference.jsonl"), out=str(run / "reward"), resume=None),
-        ppo=dataclasses.replace(cfg.ppo, **common, model=str(run / "sft"), reward_model=str(run / "reward"), reward_fn=None,
+        ppo=dataclasses.replace(cfg.ppo, **{**common, "seed": cfg.seed if cfg.ppo_seed is None else cfg.ppo_seed}, model=str(run / "sft"), reward_model=str(run / "reward"), reward_fn=None,
                                 prompts=str(run / "data" / "unlabeled.jsonl"), out=str(run / "ppo"), resume=None,
                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature),
         best_of_n=dataclasses.replace(cfg.best_of_n, **sampler, prompts=str(run / "data" / "best_of_n_prompts.jsonl"), out=str(run / "best_of_n")),
