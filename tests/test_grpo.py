@@ -189,6 +189,29 @@ def test_grpo_raises_the_reward(tmp_path, good_bad_sft, prompts):
     assert json.loads((out / "run_info.json").read_text())["advantages"] == "group-normalised"
 
 
+def test_grpo_first_ratios_are_one_in_bf16(tmp_path, good_bad_sft, prompts, monkeypatch):
+    """The clipped ratio compares pi_old with the update's forward (autocast, with gradient). In bf16 the
+    sampler's log-probs round differently, so GRPO recomputes pi_old with the update's own function: at a
+    batch's first minibatch, before any optimiser step, every ratio is 1."""
+    from rlhfkit.train.grpo import train_grpo
+
+    seen = []
+    real = ops.grpo_loss
+
+    def spy(logp, old_logp, ref_logp, advantages, mask, *a, **k):
+        seen.append((logp.detach().float(), old_logp.float(), mask.bool()))
+        return real(logp, old_logp, ref_logp, advantages, mask, *a, **k)
+
+    monkeypatch.setattr(ops, "grpo_loss", spy)
+    train_grpo(_cfg(GRPOConfig, good_bad_sft, prompts, tmp_path / "grpo", steps=1, minibatch_size=8, mixed_precision="bf16"),
+               reward_fn=good_fraction, progress=False)
+    assert len(seen) == 2  # two minibatches of 8
+    logp, old, m = seen[0]
+    assert m.any()
+    torch.testing.assert_close(logp[m], old[m], rtol=0, atol=1e-6)
+    assert (seen[1][0] - seen[1][1])[seen[1][2]].abs().max() > 1e-4  # after a step the policy has moved (the spy sees it)
+
+
 def test_rloo_raises_the_reward_with_the_kl_penalty_on(tmp_path, good_bad_sft, prompts):
     from rlhfkit.train.rloo import train_rloo
 

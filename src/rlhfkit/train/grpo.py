@@ -59,11 +59,35 @@ class GRPOTrainer(ReinforceTrainer):
     def run_info(self) -> dict:
         return {"advantages": "group-normalised" if self.cfg.scale_rewards else "group-centred"}
 
+    def rollout(self, timer: Timer):
+        """``ReinforceTrainer.rollout``; in bf16 pi_old's log-probs are recomputed as the update computes them."""
+        prompts, ro, scores, old_logp, ref_logp = super().rollout(timer)
+        if self.bf16:
+            # the ratio compares pi_old with the update's forward (transformers' under autocast, with gradient).
+            # In fp32 the sampler's log-probs equal it within rounding, but in bf16 the sampler's rounding differs
+            # (by up to a few tenths of a nat per token through the engine), which would start the ratios off 1 and
+            # clip them: here pi_old is the update's own function, run once more without gradient (as PPO does)
+            with timer("time_old_logprobs"):
+                old_logp = self.update_logprobs(ro)
+        return prompts, ro, scores, old_logp, ref_logp
+
+    @torch.no_grad()
+    def update_logprobs(self, ro: Rollout) -> torch.Tensor:
+        """(B, T) log-probs of the sampled tokens under the current policy through the update's own forward
+        (the same call, in minibatches of whole groups of the same size), without gradient; 0 at padding."""
+        cfg = self.cfg
+        per = whole_groups(cfg.minibatch_size, cfg.samples_per_prompt)
+        out = [forward_response(self.policy, ro.prompt_ids[i : i + per], ro.prompt_mask[i : i + per],
+                                ro.response_ids[i : i + per], ro.response_mask[i : i + per], temperature=cfg.temperature,
+                                with_entropy=True, share_prompts=True)["logprobs"].float()
+               for i in range(0, len(ro), per)]
+        return torch.cat(out) * ro.response_mask.float()
+
     def update(self, ro: Rollout, old_logp: torch.Tensor, ref_logp: torch.Tensor, advantages: torch.Tensor) -> dict:
         """``cfg.grpo_epochs`` passes over the batch in minibatches of whole groups (in a fresh random
         order each pass), one optimiser step each on ``ops.grpo_loss`` (+ ``mle_coef`` times the MLE term
         on the next reference pairs); the ratio is to ``old_logp``, the log-probs the samples were drawn
-        with. Returns the minibatch means of the loss parts and diagnostics."""
+        with (in bf16, ``update_logprobs``). Returns the minibatch means of the loss parts and diagnostics."""
         cfg, acc, K = self.cfg, self.accelerator, self.cfg.samples_per_prompt
         mask = ro.response_mask.float()
         groups = len(ro) // K
