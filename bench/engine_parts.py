@@ -64,6 +64,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compile", action="store_true", help="also part 7: torch.compile of the engine's layers (compiles for a minute or more)")
     args = ap.parse_args(argv)
     bf16 = args.precision == "bf16"
+    from rlhfkit.precision import native_bf16
+
+    if bf16 and not native_bf16("cpu"):
+        # oneDNN packs bf16 weights only on CPUs that compute bf16 (AVX-512 BW/VL/DQ or AVX-NE-CONVERT)
+        print("--precision bf16: this CPU has no native bf16, so the engine runs only in fp32 here (oneDNN cannot "
+              "pack bf16 weights on it); nothing measured. Run without --precision.")
+        return
     import importlib.util
     from pathlib import Path
 

@@ -45,8 +45,12 @@ def test_engine_parts_bench_prints_each_part(capsys):
     assert "oneDNN packed" in out and "sampling step" in out and "decode step, 3 rows" in out
     assert "attention for one decode query, 3 rows" in out and "forward over 3 prompts" in out
     assert "scoring pass, 6 responses" in out
+    from rlhfkit.precision import native_bf16
+
     bench.main(["--model", "tiny", "--rows", "3", "--precision", "bf16"])
-    assert "transformers (autocast)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # without native bf16 oneDNN cannot pack bf16 weights: the bench says so instead of failing
+    assert ("transformers (autocast)" in out) if native_bf16("cpu") else ("no native bf16" in out and "nothing measured" in out)
 
 
 def test_engine_parts_compiled_layers_run(capsys):
