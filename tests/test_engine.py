@@ -298,3 +298,12 @@ def test_two_level_inverse_cdf_picks_the_one_level_token():
     assert (tok == ref).float().mean() > 0.99  # equal but where float32 block sums move an interval end
     assert (probs.gather(1, tok[:, None]) > 0).all()
     torch.testing.assert_close(total, probs.double().sum(-1), rtol=1e-5, atol=0)
+
+
+def test_select_refuses_rows_out_of_order(lm, tok):
+    """select compacts the cache in place, which is only right when each kept row moves to a lower index."""
+    ids, mask = encode_prompts(tok, PROMPTS[:3])
+    dec = engine.EngineDecoder(lm, 2)
+    dec.prefill(ids, mask)
+    with pytest.raises(ValueError, match="increasing"):
+        dec.select(torch.tensor([2, 0]))
