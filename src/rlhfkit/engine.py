@@ -359,7 +359,7 @@ class EngineDecoder:
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only these rows (indices into the current rows, increasing). In place, and only the columns
-        written so far: copying the whole cache into a new one (~0.5 GB at 96 rows) took 0.2-0.5 s a time, more
+        written so far: copying the whole cache into a new one (~0.5 GB at 96 rows) took 0.2-0.55 s a time, more
         than the dropped rows saved (``bench/generate.py --vs-hf``: eos mode slower than fixed)."""
         n, c = len(keep), self.cur
         if n and bool((keep[1:] <= keep[:-1]).any()):
