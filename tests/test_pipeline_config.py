@@ -10,7 +10,7 @@ import yaml
 
 from rlhfkit.config import PPOConfig, RewardConfig, SFTConfig
 from rlhfkit.pipeline.config import (
-    SECTION_DEFAULTS, SECTIONS, PipelineConfig, load_pipeline_config, parse_sets, preset_overrides, wire,
+    SECTION_DEFAULTS, SECTIONS, PipelineConfig, bundled_config_path, load_pipeline_config, parse_sets, preset_overrides, wire,
 )
 
 
@@ -23,7 +23,9 @@ def test_sections_are_the_methods_configs_with_the_pipelines_defaults():
     assert cfg.ppo.clip_eps == PPOConfig(prompts="p").clip_eps  # everything else: the command's default
     # the demo trains its reward model 2 epochs (1 left PPO within 1 SE of SFT, README); the command's default is 1
     assert cfg.reward.epochs == 2.0 != RewardConfig(data="d").epochs
-    assert load_pipeline_config(None, preset_overrides("smoke")).reward.epochs == 1.0
+    # what `rlhfkit demo` loads: the bundled YAML, then the preset
+    assert load_pipeline_config(bundled_config_path(), preset_overrides("demo")).reward.epochs == 2.0
+    assert load_pipeline_config(bundled_config_path(), preset_overrides("smoke")).reward.epochs == 1.0
 
 
 def test_yaml_sections_flags_and_sets_layer_in_order(tmp_path):
