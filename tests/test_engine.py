@@ -307,3 +307,36 @@ def test_select_refuses_rows_out_of_order(lm, tok):
     dec.prefill(ids, mask)
     with pytest.raises(ValueError, match="increasing"):
         dec.select(torch.tensor([2, 0]))
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_packed_block_equals_the_padded_block(lm, tok, bf16):
+    """``extend`` with each row's length runs only the real tokens through the GEMMs: at the real columns the
+    same hidden states as the padded block (within float rounding: a GEMM's blocking depends on its row
+    count), zeros at the padding columns."""
+    from rlhfkit.forward import encode_responses
+    from rlhfkit.precision import native_bf16
+
+    if bf16 and not native_bf16("cpu"):
+        pytest.skip("the engine runs bf16 only where the CPU computes it natively")
+    p, pm = encode_prompts(tok, PROMPTS)
+    r, rm = encode_responses(tok, RESPONSES)
+    lengths = rm.long().sum(1)
+    assert len(set(lengths.tolist())) > 2  # rows of several lengths, one of a single token (the EOS)
+
+    def block(with_lengths):
+        dec = engine.EngineDecoder(lm, 0, bf16)
+        dec.prefill(p, pm)
+        return dec.extend(r, lengths if with_lengths else None)
+
+    packed, padded = block(True), block(False)
+    real = rm.bool()
+    torch.testing.assert_close(packed[real], padded[real], rtol=0, atol=2e-2 if bf16 else 1e-5)
+    assert (packed[~real] == 0).all()
+
+
+def test_right_padded_masks_only_are_packed():
+    """Packing reads a row's length as its first columns: a mask with a hole is not right-padded."""
+    assert engine.right_padded(torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]]))
+    assert not engine.right_padded(torch.tensor([[1, 0, 1]]))
+    assert not engine.right_padded(torch.tensor([[0, 1, 1]]))

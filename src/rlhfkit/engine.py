@@ -103,6 +103,14 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> 
     return torch.ops.mkldnn._linear_pointwise(x.to(w.dtype), w, b, "none", [], "")
 
 
+def _rms_norm(norm, h: torch.Tensor) -> torch.Tensor:
+    """A Llama RMSNorm as one fused op (``F.rms_norm``: x * rsqrt(mean(x^2) + eps) * weight, on the fp32
+    residual stream, as ``LlamaRMSNorm`` computes it in seven), any other norm module as it is."""
+    if type(norm).__name__ == "LlamaRMSNorm" and h.dtype == torch.float32:
+        return F.rms_norm(h, norm.weight.shape, norm.weight, norm.variance_epsilon)
+    return norm(h)
+
+
 class PackedLlama:
     """A Llama causal LM's weights packed for oneDNN, with the forward pieces the engine runs.
 
@@ -160,32 +168,55 @@ class PackedLlama:
             cached = _PACKED[model] = cls(model, dtype)
         return cached
 
-    def qkv(self, layer: dict, h: torch.Tensor, pos: torch.Tensor):
-        """Normed, projected and rotated q (n, H, T, D) and k, v (n, Hkv, T, D) of hidden states h (n, T, d)."""
+    def rope_tables(self, h: torch.Tensor, pos: torch.Tensor):
+        """The rotary embedding's (cos, sin) at positions pos (n, T): the same for every layer, so a pass
+        computes them once (transformers' forward does too)."""
+        return self.rotary(h, pos)
+
+    def qkv(self, layer: dict, h: torch.Tensor, rope):
+        """Normed, projected and rotated q (n, H, T, D) and k, v (n, Hkv, T, D) of hidden states h (n, T, d);
+        ``rope``: ``rope_tables`` at the positions of h."""
         n, T, _ = h.shape
+        return self.split_rotate(self.project_qkv(layer, h), n, T, rope)
+
+    def project_qkv(self, layer: dict, h: torch.Tensor) -> torch.Tensor:
+        """The fused q/k/v projection of the normed hidden states, any leading shape (..., d)."""
+        return _linear(_rms_norm(layer["norm1"], h), layer["qkv"], layer["qkv_bias"])
+
+    def split_rotate(self, qkv: torch.Tensor, n: int, T: int, rope):
+        """``project_qkv``'s output (n, T, .) -> q (n, H, T, D), k and v (n, Hkv, T, D), q and k rotated."""
         H, Hkv, D = self.H, self.Hkv, self.D
-        qkv = _linear(layer["norm1"](h), layer["qkv"], layer["qkv_bias"])
         q = qkv[..., : H * D].view(n, T, H, D).transpose(1, 2)
         k = qkv[..., H * D : (H + Hkv) * D].view(n, T, Hkv, D).transpose(1, 2)
         v = qkv[..., (H + Hkv) * D :].view(n, T, Hkv, D).transpose(1, 2)
-        cos, sin = self.rotary(h, pos)
-        q, k = self.rope(q, k, cos, sin)
+        q, k = self.rope(q, k, *rope)
         if self.dtype != torch.float32:  # the values autocast's attention reads (kept in fp32: see the class)
             q, k, v = (x.to(self.dtype).float() for x in (q, k, v))
         return q, k, v
 
+    def attend(self, q, keys, values, mask) -> torch.Tensor:
+        """Attention output (n, T, H * D), before o_proj. mask: bool (n, 1, T, S), True where a key is visible."""
+        n, _, T, _ = q.shape
+        att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=True)
+        return att.transpose(1, 2).reshape(n, T, self.H * self.D)
+
+    def out_and_mlp(self, layer: dict, h: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        """h + o_proj(att), then + the MLP's output; any leading shape (..., d)."""
+        h = h + _linear(att, layer["o"], layer["o_bias"])
+        gu = _linear(_rms_norm(layer["norm2"], h), layer["gate_up"])
+        return h + _linear(layer["act"](gu[..., : self.inter]) * gu[..., self.inter :], layer["down"])
+
     def attend_and_mlp(self, layer: dict, h, q, keys, values, mask):
         """h + attention output, then + MLP output. mask: bool (n, 1, T, S), True where a key is visible."""
-        n, T, _ = h.shape
-        att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=True)
-        h = h + _linear(att.transpose(1, 2).reshape(n, T, self.H * self.D), layer["o"], layer["o_bias"])
-        gu = _linear(layer["norm2"](h), layer["gate_up"])
-        return h + _linear(layer["act"](gu[..., : self.inter]) * gu[..., self.inter :], layer["down"])
+        return self.out_and_mlp(layer, h, self.attend(q, keys, values, mask))
 
     def logits(self, h: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(logits, final normed hidden state) of hidden states h (logits None for a bare backbone)."""
-        normed = self.norm(h)
+        normed = self.final_norm(h)
         return (None if self.head is None else _linear(normed, self.head)), normed
+
+    def final_norm(self, h: torch.Tensor) -> torch.Tensor:
+        return _rms_norm(self.norm, h)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(ids)
@@ -267,11 +298,11 @@ class EngineDecoder:
         w = self.w
         c = len(ids)
         h = w.embed(ids[None])
-        pos = torch.arange(c)[None]
+        rope = w.rope_tables(h, torch.arange(c)[None])
         mask = torch.ones(c, c, dtype=torch.bool).tril()[None, None]
         kv = []
         for layer in w.layers:
-            q, k, v = w.qkv(layer, h, pos)
+            q, k, v = w.qkv(layer, h, rope)
             kv.append((k, v))
             h = w.attend_and_mlp(layer, h, q, k, v, mask)
         return kv
@@ -301,8 +332,9 @@ class EngineDecoder:
         dst = torch.tensor(dst)
         cols = slice(c + W - width, c + W)
         h = w.embed(ids)
+        rope = w.rope_tables(h, pos)
         for li, layer in enumerate(w.layers):
-            q, k, v = w.qkv(layer, h, pos)
+            q, k, v = w.qkv(layer, h, rope)
             self.k[li, dst, :, cols] = k[src]
             self.v[li, dst, :, cols] = v[src]
             if prefix_kv is not None:
@@ -325,9 +357,9 @@ class EngineDecoder:
         self.valid[:, c] = True
         mask = self.valid[:, None, None, : c + 1]
         h = w.embed(tokens[:, None])
-        pos = self.next_pos[:, None]
+        rope = w.rope_tables(h, self.next_pos[:, None])
         for li, layer in enumerate(w.layers):
-            q, k, v = w.qkv(layer, h, pos)
+            q, k, v = w.qkv(layer, h, rope)
             self.k[li, :, :, c] = k[:, :, 0]
             self.v[li, :, :, c] = v[:, :, 0]
             h = w.attend_and_mlp(layer, h, q, self.k[li, :, :, : c + 1], self.v[li, :, :, : c + 1], mask)
@@ -338,24 +370,47 @@ class EngineDecoder:
 
     @torch.no_grad()
     @torch.autocast("cpu", enabled=False)
-    def extend(self, ids: torch.Tensor) -> torch.Tensor:
-        """Feed a block of T tokens per row at once after the cached prompts ((B, T), right-padded: a padding
-        column's output is garbage that no real column reads). Returns the final normed hidden states (B, T, d)
-        of those positions. The block is not written to the cache: scoring, not sampling, uses it (after a
-        prefill with ``max_new_tokens=0``)."""
+    def extend(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed a block of T tokens per row at once after the cached prompts ((B, T), right-padded). Returns the
+        final normed hidden states (B, T, d) of those positions. The block is not written to the cache: scoring,
+        not sampling, uses it (after a prefill with ``max_new_tokens=0``).
+
+        ``lengths`` (B,): each row's real columns (the first ``lengths[i]``); the per-token work (the GEMMs, the
+        norms, the MLP) then runs on the real tokens alone, packed, and only attention on the padded block:
+        responses to score vary in length (4-43 tokens with the EOS in the demo's evaluation), and padding each
+        batch of 32 to its longest made 16% of the block's tokens there. The padding columns' outputs are zeros. Without ``lengths`` every column runs
+        (a padding column's output is then garbage that no real column reads)."""
         w = self.w
         B, T = ids.shape
         c = self.cur
         # a column sees the prompt's real tokens and the block's columns up to itself
         mask = torch.cat([self.valid[:, None, :c].expand(B, T, c), torch.ones(T, T, dtype=torch.bool).tril().expand(B, T, T)], dim=2)[:, None]
-        pos = self.next_pos[:, None] + torch.arange(T)
         h = w.embed(ids)
+        rope = w.rope_tables(h, self.next_pos[:, None] + torch.arange(T))
+        real = None
+        if lengths is not None:
+            real = (torch.arange(T)[None] < lengths[:, None]).flatten().nonzero().squeeze(1)
+            if len(real) == B * T:
+                real = None
+        if real is None:
+            for li, layer in enumerate(w.layers):
+                q, k, v = w.qkv(layer, h, rope)
+                keys = torch.cat([self.k[li, :, :, :c], k], dim=2)
+                values = torch.cat([self.v[li, :, :, :c], v], dim=2)
+                h = w.attend_and_mlp(layer, h, q, keys, values, mask)
+            return w.final_norm(h)
+        hp = h.flatten(0, 1)[real]  # (N, d): the real tokens
         for li, layer in enumerate(w.layers):
-            q, k, v = w.qkv(layer, h, pos)
+            qkv_p = w.project_qkv(layer, hp)
+            qkv = qkv_p.new_zeros(B * T, qkv_p.shape[1])
+            qkv[real] = qkv_p
+            q, k, v = w.split_rotate(qkv.view(B, T, -1), B, T, rope)
             keys = torch.cat([self.k[li, :, :, :c], k], dim=2)
             values = torch.cat([self.v[li, :, :, :c], v], dim=2)
-            h = w.attend_and_mlp(layer, h, q, keys, values, mask)
-        return w.norm(h)
+            hp = w.out_and_mlp(layer, hp, w.attend(q, keys, values, mask).flatten(0, 1)[real])
+        out = hp.new_zeros(B * T, hp.shape[1])
+        out[real] = w.final_norm(hp)
+        return out.view(B, T, -1)
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only these rows (indices into the current rows, increasing). In place, and only the columns
@@ -384,18 +439,26 @@ def scores(model, prompt_mask: torch.Tensor) -> bool:
             and applies(model, autocast_bf16()))
 
 
+def right_padded(mask: torch.Tensor) -> bool:
+    """Whether each row of ``mask`` (B, T) is its real tokens, then padding: what ``extend``'s ``lengths`` describe."""
+    lengths = mask.long().sum(1, keepdim=True)
+    return bool((mask.bool() == (torch.arange(mask.shape[1], device=mask.device)[None] < lengths)).all())
+
+
 ROWS_PER_PASS = 64  # rows of one scoring pass: (rows x response tokens) x d activations, and (rows x T) x V logits
 
 
-def response_states(model, prompt_ids, prompt_mask, response_ids, through_last: bool = False) -> torch.Tensor:
+def response_states(model, prompt_ids, prompt_mask, response_ids, through_last: bool = False,
+                    response_mask: torch.Tensor | None = None) -> torch.Tensor:
     """The final normed hidden states that score given responses, for ``forward.forward_response`` and the
     reward model: the prompt's last position and the response's first T-1 (the positions whose logits
     predict the T response tokens), or with ``through_last`` all T response positions too ((B, T + 1, d)).
 
     Each distinct prompt is prefilled once (``EngineDecoder.prefill``: its shared prefix once, length-sorted
     chunks), then each row's response runs as one block (``extend``): GEMMs of rows x T tokens, with the
-    weights packed once. In the precision of the caller's autocast (bf16, or fp32 without it), as
-    transformers' forward would compute; ``applies(model, bf16)`` must hold."""
+    weights packed once; with ``response_mask`` (right-padded responses) only the real tokens run through
+    the GEMMs, and the positions past a response's end hold zeros. In the precision of the caller's autocast
+    (bf16, or fp32 without it), as transformers' forward would compute; ``applies(model, bf16)`` must hold."""
     bf16 = autocast_bf16()
     out = []
     for i in range(0, len(prompt_ids), ROWS_PER_PASS):
@@ -404,7 +467,10 @@ def response_states(model, prompt_ids, prompt_mask, response_ids, through_last: 
         dec.prefill(prompt_ids[rows], prompt_mask[rows])
         first = dec.last_hidden[:, None]
         block = response_ids[rows] if through_last else response_ids[rows, :-1]
-        out.append(torch.cat([first, dec.extend(block)], dim=1) if block.shape[1] else first)
+        lengths = None
+        if response_mask is not None:  # the block's real columns: the response's tokens (less its last)
+            lengths = response_mask[rows].long().sum(1) - (0 if through_last else 1)
+        out.append(torch.cat([first, dec.extend(block, lengths)], dim=1) if block.shape[1] else first)
     return torch.cat(out)
 
 

@@ -164,7 +164,8 @@ def forward_response(model, prompt_ids, prompt_mask, response_ids, response_mask
     T = response_ids.shape[1]
     lm = _engine_lm(model, with_values, with_entropy, prompt_mask) if T else None
     if lm is not None:
-        return _engine_forward_response(model, lm, prompt_ids, prompt_mask, response_ids, temperature, with_values)
+        return _engine_forward_response(model, lm, prompt_ids, prompt_mask, response_ids, response_mask, temperature,
+                                        with_values)
     groups = distinct_rows(prompt_ids, prompt_mask) if share_prompts and not with_values else None
     if groups is not None:
         cache, last = prefill_distinct(model, prompt_ids, prompt_mask, groups, logits_to_keep=1)
@@ -207,18 +208,27 @@ def _engine_lm(model, with_values: bool, with_entropy: bool, prompt_mask):
     return lm if engine.scores(lm, prompt_mask) else None
 
 
-def _engine_forward_response(model, lm, prompt_ids, prompt_mask, response_ids, temperature: float, with_values: bool) -> dict:
+def _engine_forward_response(model, lm, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float,
+                             with_values: bool) -> dict:
     """``forward_response`` through the engine: the response positions' hidden states (each distinct
-    prompt once), the LM head and log-softmax a block of rows at a time (no (B, T, V) logits of the whole
-    batch), and the value head on the same hidden states."""
+    prompt once; the real tokens alone through the GEMMs when the responses are right-padded), the LM head
+    and log-softmax on those positions a block at a time (no (B, T, V) logits of the whole batch, none at
+    padding), and the value head on the same hidden states. Positions past a response's end get log-prob 0
+    (and value 0 when packed); every caller masks them."""
     from rlhfkit import engine
 
-    hidden = engine.response_states(lm, prompt_ids, prompt_mask, response_ids)
-    logprobs = []
-    for i in range(0, len(hidden), 16):
-        logits = engine.head_logits(lm, hidden[i : i + 16])
-        logprobs.append(ops.token_logprobs_and_entropy(logits, response_ids[i : i + 16], temperature, with_entropy=False)[0])
-    out = {"logprobs": torch.cat(logprobs)}
+    B, T = response_ids.shape
+    right_padded = engine.right_padded(response_mask)
+    hidden = engine.response_states(lm, prompt_ids, prompt_mask, response_ids,
+                                    response_mask=response_mask if right_padded else None)
+    real = response_mask.bool().flatten().nonzero().squeeze(1) if right_padded else torch.arange(B * T)
+    states, labels = hidden.flatten(0, 1)[real], response_ids.flatten()[real]
+    logprobs = torch.zeros(B * T)
+    for i in range(0, len(real), 1024):  # ~50M logits a block
+        logits = engine.head_logits(lm, states[i : i + 1024])
+        logprobs[real[i : i + 1024]] = ops.token_logprobs_and_entropy(logits, labels[i : i + 1024], temperature,
+                                                                     with_entropy=False)[0].float()
+    out = {"logprobs": logprobs.view(B, T)}
     if with_values:
         out["values"] = model.value_head(hidden)
     return out
