@@ -16,8 +16,9 @@
    why the engine's bf16 mode attends in fp32;
 6. a scoring pass (``forward_response``, no gradient): the log-probs of 2 responses per prompt (the task's
    demonstrations, <= 40 tokens), each distinct prompt once, with transformers' forward against the engine's
-   (prefill, then each response as one block): the pass behind the reference log-probs, the panel's fluency,
-   the reward model and PPO's pi_old/values;
+   (prefill, then each response as one block, its real tokens alone through the GEMMs, and once more with
+   padded blocks, ``engine.PACK_RESPONSES = False``): the pass behind the reference log-probs, the panel's
+   fluency, the reward model and PPO's pi_old/values;
 7. (only with --compile) torch.compile (inductor) of the engine's per-layer pieces (``PackedLlama.qkv`` and
    ``attend_and_mlp``: norms, rotary, attention, activations and residual adds fused; the oneDNN GEMMs stay
    outside the graph, inductor cannot lower a pre-packed weight): the first prefill (which compiles), then a
@@ -171,19 +172,21 @@ def main(argv: list[str] | None = None) -> None:
     r_ids, r_mask = encode_responses(tok, demos, max_tokens=40)
     p_ids, p_mask = ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0)
 
-    def scoring(on: bool):
-        was, engine.ENABLED = engine.ENABLED, on
+    def scoring(on: bool, packed: bool = True):
+        was = engine.ENABLED, engine.PACK_RESPONSES
+        engine.ENABLED, engine.PACK_RESPONSES = on, packed
         try:
             with torch.no_grad(), cast:
                 return forward_response(lm, p_ids, p_mask, r_ids, r_mask, share_prompts=True)["logprobs"].float()
         finally:
-            engine.ENABLED = was
+            engine.ENABLED, engine.PACK_RESPONSES = was
 
     gap = (scoring(True) - scoring(False))[r_mask.bool()].abs().max().item()
     t_hf, t_en = timed(lambda: scoring(False), 3), timed(lambda: scoring(True), 3)
-    print(f"6. scoring pass, {2 * M} responses ({int(r_mask.sum())} tokens) to {M} prompts: transformers"
-          f"{' (autocast)' if bf16 else ''} {t_hf:.2f} s, engine {t_en:.2f} s ({t_hf / t_en:.2f}x); "
-          f"largest log-prob difference {gap:.1e}")
+    t_pad = timed(lambda: scoring(True, packed=False), 3)
+    print(f"6. scoring pass, {2 * M} responses ({int(r_mask.sum())} tokens, {r_mask.numel()} padded) to {M} prompts: "
+          f"transformers{' (autocast)' if bf16 else ''} {t_hf:.2f} s, engine {t_en:.2f} s ({t_hf / t_en:.2f}x; "
+          f"without packing the responses' real tokens {t_pad:.2f} s); largest log-prob difference {gap:.1e}")
     if args.compile:
         compiled_layers(lm, ids, mask, bf16, backend=args.compile_backend)
 

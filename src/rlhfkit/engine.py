@@ -445,6 +445,9 @@ def right_padded(mask: torch.Tensor) -> bool:
     return bool((mask.bool() == (torch.arange(mask.shape[1], device=mask.device)[None] < lengths)).all())
 
 
+# scoring passes run only the responses' real tokens through the GEMMs (off only to measure what that
+# saves: bench/engine_parts.py, part 6)
+PACK_RESPONSES = True
 ROWS_PER_PASS = 64  # rows of one scoring pass: (rows x response tokens) x d activations, and (rows x T) x V logits
 
 
@@ -468,7 +471,7 @@ def response_states(model, prompt_ids, prompt_mask, response_ids, through_last: 
         first = dec.last_hidden[:, None]
         block = response_ids[rows] if through_last else response_ids[rows, :-1]
         lengths = None
-        if response_mask is not None:  # the block's real columns: the response's tokens (less its last)
+        if response_mask is not None and PACK_RESPONSES:  # the block's real columns: the response's tokens (less its last)
             lengths = response_mask[rows].long().sum(1) - (0 if through_last else 1)
         out.append(torch.cat([first, dec.extend(block, lengths)], dim=1) if block.shape[1] else first)
     return torch.cat(out)
