@@ -1,6 +1,6 @@
 """bench/generate.py --vs-hf runs rlhfkit's sampler and transformers' generate on the same work: in the
 fixed-length mode both produce exactly batch x new-tokens tokens. Only the shape of the figures is checked,
-never a time."""
+never a time. bench/update_padding.py (PPO's update with and without dropping padding columns) likewise."""
 
 from __future__ import annotations
 
@@ -70,3 +70,15 @@ def test_engine_parts_compiled_layers_run(capsys):
     bench.compiled_layers(lm, ids, mask, bf16=False, backend="aot_eager")
     assert "7. torch.compile (aot_eager) of the engine's layers, 2 rows" in capsys.readouterr().out
     assert (engine.PackedLlama.qkv, engine.PackedLlama.attend_and_mlp, engine._linear) == before
+
+
+def test_update_padding_bench_times_both_variants_on_one_rollout(capsys):
+    spec = importlib.util.spec_from_file_location("bench_update_padding", BENCH.parent / "update_padding.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--model", "tiny", "--prompts", "6", "--new-tokens", "5", "--minibatch", "2", "--rounds", "1",
+                      "--precision", "no"])
+    assert len(out["seconds"][False]) == len(out["seconds"][True]) == 1
+    (run_full, real_full), (run_trim, real_trim) = out["columns"][False], out["columns"][True]
+    assert real_full == real_trim and real_trim <= run_trim <= run_full
+    assert "untrimmed/trimmed" in capsys.readouterr().out

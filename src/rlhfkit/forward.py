@@ -149,6 +149,24 @@ def continue_from_cache(model, cache, prompt_mask, ids, mask, **kwargs):
     return model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, **kwargs)
 
 
+# drop the columns that are padding in every row before a transformers forward (off only to measure what it saves:
+# bench/rl_step.py --no-trim)
+TRIM_PADDING = True
+
+
+def padding_columns(prompt_mask: torch.Tensor, response_mask: torch.Tensor) -> tuple[int, int] | None:
+    """``(first, width)``: the rows' left-padded prompts need their columns from ``first`` on and their
+    right-padded responses the first ``width`` columns (at least one), when that drops any column; else None.
+    A minibatch drawn from a rollout keeps the whole rollout's widths: its longest prompt and response set them,
+    and a minibatch without them pays for columns that are padding in each of its rows."""
+    P, T = prompt_mask.shape[1], response_mask.shape[1]
+    used = prompt_mask.bool().any(0).nonzero()
+    first = int(used[0]) if len(used) else 0  # no prompt token in any row: nothing to gain, keep the columns
+    used = response_mask.bool().any(0).nonzero()
+    width = max(int(used[-1]) + 1 if len(used) else 0, 1)
+    return (first, width) if first > 0 or width < T else None
+
+
 def forward_response(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float = 1.0,
                      with_values: bool = False, with_entropy: bool = False, share_prompts: bool = False):
     """Per-token log-probs of the response under ``model`` (and values when it is a PolicyWithValue).
@@ -159,13 +177,21 @@ def forward_response(model, prompt_ids, prompt_mask, response_ids, response_mask
     prompt once (for several responses to one prompt; no values). It works with gradient too: the
     prefix's keys and values are computed once and indexed out to the rows that repeat it, so autograd
     adds the K rows' gradients in the one prefix pass -- the same gradient as K separate prefix passes,
-    for 1/K of their cost (the REINFORCE/RLOO update).
+    for 1/K of their cost (the REINFORCE/RLOO update). Columns that are padding in every row (a minibatch
+    of a rollout keeps the rollout's widths) are dropped before a transformers forward (``padding_columns``);
+    every output is 0 there, as at the engine's padding.
     """
     T = response_ids.shape[1]
     lm = _engine_lm(model, with_values, with_entropy, prompt_mask) if T else None
     if lm is not None:
         return _engine_forward_response(model, lm, prompt_ids, prompt_mask, response_ids, response_mask, temperature,
                                         with_values)
+    cut = padding_columns(prompt_mask, response_mask) if TRIM_PADDING else None
+    if cut is not None:
+        first, width = cut
+        out = forward_response(model, prompt_ids[:, first:], prompt_mask[:, first:], response_ids[:, :width],
+                               response_mask[:, :width], temperature, with_values, with_entropy, share_prompts)
+        return {k: pad_to(v, T, 0.0, left=False) for k, v in out.items()}
     groups = distinct_rows(prompt_ids, prompt_mask) if share_prompts and not with_values else None
     if groups is not None:
         cache, last = prefill_distinct(model, prompt_ids, prompt_mask, groups, logits_to_keep=1)
