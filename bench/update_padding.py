@@ -5,9 +5,9 @@
 Samples one rollout of SmolLM2-135M on the movie-review prompts (as the demo's PPO does: the task's framing, the
 chat template), then runs PPO's update pass over it -- per minibatch of a fixed permutation, ``forward_response``
 with values and entropy, then backward (no optimiser step, so every round does the same work) -- alternating
-``forward.TRIM_PADDING`` off and on (which one first alternates by round) after a warm-up of each. Prints seconds per pass over the rollout, the share
-of the minibatches' (prompt + response) columns that are padding in every row of the minibatch, and the
-tokens each variant runs. ``--null`` trims in both columns: the ratio the bench's own noise and order give.
+``forward.TRIM_PADDING`` off and on (which one runs first alternates by round) after a warm-up of each. Prints
+seconds per pass over the rollout, and the token positions each variant runs against the real tokens.
+``--null`` trims in both columns: the ratio then shows the bench's own noise and order.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     minibatches = [torch.tensor(perm[i : i + args.minibatch]) for i in range(0, len(ro), args.minibatch)]
 
     def columns(trim: bool) -> tuple[int, int]:
-        """(columns run, columns that are real in some row) summed over the minibatches, times rows."""
+        """(token positions run, real tokens), summed over the minibatches."""
         run = real = 0
         for j in minibatches:
             p, r = ro.prompt_mask[j], ro.response_mask[j]
@@ -84,14 +84,17 @@ def main(argv: list[str] | None = None) -> dict:
     for trim in (False, True):
         run, real = columns(trim)
         print(f"trim_padding={trim}: {run} token positions run, {real} real ({100 * (1 - real / run):.1f}% padding)")
-    times = {False: [], True: []}
-    for r in range(args.rounds + 1):
-        for trim in ((False, True) if r % 2 else (True, False)):  # ABBA: which one runs first alternates
-            forward.TRIM_PADDING = trim or args.null
-            t = time.perf_counter()
-            update_pass()
-            if r:  # round 0 is the warm-up
-                times[trim].append(time.perf_counter() - t)
+    times, setting = {False: [], True: []}, forward.TRIM_PADDING
+    try:
+        for r in range(args.rounds + 1):
+            for trim in ((False, True) if r % 2 else (True, False)):  # ABBA: which one runs first alternates
+                forward.TRIM_PADDING = trim or args.null
+                t = time.perf_counter()
+                update_pass()
+                if r:  # round 0 is the warm-up
+                    times[trim].append(time.perf_counter() - t)
+    finally:
+        forward.TRIM_PADDING = setting
     print("round  untrimmed s  trimmed s  untrimmed/trimmed" + ("  (--null: both trimmed)" if args.null else ""))
     for r, (a, b) in enumerate(zip(times[False], times[True]), 1):
         print(f"{r:5d}  {a:11.2f}  {b:9.2f}  {a / b:17.2f}x")

@@ -150,7 +150,7 @@ def continue_from_cache(model, cache, prompt_mask, ids, mask, **kwargs):
 
 
 # drop the columns that are padding in every row before a transformers forward (off only to measure what it saves:
-# bench/rl_step.py --no-trim)
+# bench/update_padding.py, bench/rl_step.py --no-trim)
 TRIM_PADDING = True
 
 
@@ -159,7 +159,7 @@ def padding_columns(prompt_mask: torch.Tensor, response_mask: torch.Tensor) -> t
     right-padded responses the first ``width`` columns (at least one), when that drops any column; else None.
     A minibatch drawn from a rollout keeps the whole rollout's widths: its longest prompt and response set them,
     and a minibatch without them pays for columns that are padding in each of its rows."""
-    P, T = prompt_mask.shape[1], response_mask.shape[1]
+    T = response_mask.shape[1]
     used = prompt_mask.bool().any(0).nonzero()
     first = int(used[0]) if len(used) else 0  # no prompt token in any row: nothing to gain, keep the columns
     used = response_mask.bool().any(0).nonzero()
