@@ -376,10 +376,10 @@ class EngineDecoder:
         not sampling, uses it (after a prefill with ``max_new_tokens=0``).
 
         ``lengths`` (B,): each row's real columns (the first ``lengths[i]``); the per-token work (the GEMMs, the
-        norms, the MLP) then runs on the real tokens alone, packed, and only attention on the padded block:
-        responses to score vary in length (4-43 tokens with the EOS in the demo's evaluation), and padding each
-        batch of 32 to its longest made 16% of the block's tokens there. The padding columns' outputs are zeros. Without ``lengths`` every column runs
-        (a padding column's output is then garbage that no real column reads)."""
+        norms, the MLP) then runs on the real tokens alone, packed, and only attention on the padded block
+        (responses to score differ in length, and a block is as wide as its longest). The padding columns'
+        outputs are zeros. Without ``lengths`` every column runs (a padding column's output is then garbage
+        that no real column reads)."""
         w = self.w
         B, T = ids.shape
         c = self.cur
@@ -459,10 +459,12 @@ def response_states(model, prompt_ids, prompt_mask, response_ids, through_last: 
 
     Each distinct prompt is prefilled once (``EngineDecoder.prefill``: its shared prefix once, length-sorted
     chunks), then each row's response runs as one block (``extend``): GEMMs of rows x T tokens, with the
-    weights packed once; with ``response_mask`` (right-padded responses) only the real tokens run through
-    the GEMMs, and the positions past a response's end hold zeros. In the precision of the caller's autocast
+    weights packed once; with ``response_mask``, when the responses are right-padded (``right_padded``), only
+    the real tokens run through the GEMMs and the positions past a response's end hold zeros. In the precision of the caller's autocast
     (bf16, or fp32 without it), as transformers' forward would compute; ``applies(model, bf16)`` must hold."""
     bf16 = autocast_bf16()
+    if response_mask is not None and not (PACK_RESPONSES and right_padded(response_mask)):
+        response_mask = None  # a mask with holes: every column runs
     out = []
     for i in range(0, len(prompt_ids), ROWS_PER_PASS):
         rows = slice(i, i + ROWS_PER_PASS)
@@ -471,7 +473,7 @@ def response_states(model, prompt_ids, prompt_mask, response_ids, through_last: 
         first = dec.last_hidden[:, None]
         block = response_ids[rows] if through_last else response_ids[rows, :-1]
         lengths = None
-        if response_mask is not None and PACK_RESPONSES:  # the block's real columns: the response's tokens (less its last)
+        if response_mask is not None:  # the block's real columns: the response's tokens (less its last)
             lengths = response_mask[rows].long().sum(1) - (0 if through_last else 1)
         out.append(torch.cat([first, dec.extend(block, lengths)], dim=1) if block.shape[1] else first)
     return torch.cat(out)

@@ -238,16 +238,14 @@ def _engine_forward_response(model, lm, prompt_ids, prompt_mask, response_ids, r
                              with_values: bool) -> dict:
     """``forward_response`` through the engine: the response positions' hidden states (each distinct
     prompt once; the real tokens alone through the GEMMs when the responses are right-padded), the LM head
-    and log-softmax on those positions a block at a time (no (B, T, V) logits of the whole batch, none at
-    padding), and the value head on the same hidden states. Positions past a response's end get log-prob 0
-    (and value 0 when packed); every caller masks them."""
+    and log-softmax at the mask's positions a block at a time (no (B, T, V) logits of the whole batch, none at
+    padding), and the value head on the same hidden states. Padding positions get log-prob 0 (and value 0
+    when packed); every caller masks them."""
     from rlhfkit import engine
 
     B, T = response_ids.shape
-    right_padded = engine.right_padded(response_mask)
-    hidden = engine.response_states(lm, prompt_ids, prompt_mask, response_ids,
-                                    response_mask=response_mask if right_padded else None)
-    real = response_mask.bool().flatten().nonzero().squeeze(1) if right_padded else torch.arange(B * T)
+    hidden = engine.response_states(lm, prompt_ids, prompt_mask, response_ids, response_mask=response_mask)
+    real = response_mask.bool().flatten().nonzero().squeeze(1)  # the only positions any caller reads
     states, labels = hidden.flatten(0, 1)[real], response_ids.flatten()[real]
     logprobs = torch.zeros(B * T)
     for i in range(0, len(real), 1024):  # ~50M logits a block

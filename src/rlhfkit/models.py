@@ -504,8 +504,7 @@ class RewardModel(nn.Module):
             r_ids, r_mask = input_ids[:, response_start:], attention_mask[:, response_start:]
             if engine.scores(backbone, p_mask):
                 # the engine (scoring without gradient): prompt's last + every response position, in one pass
-                hidden = engine.response_states(backbone, p_ids, p_mask, r_ids, through_last=True,
-                                                response_mask=r_mask if engine.right_padded(r_mask) else None)
+                hidden = engine.response_states(backbone, p_ids, p_mask, r_ids, through_last=True, response_mask=r_mask)
                 picked = hidden[torch.arange(hidden.shape[0]), r_mask.long().sum(1)]
                 return self._head(head, picked)
             groups = distinct_rows(p_ids, p_mask)
