@@ -1,7 +1,7 @@
 """Seconds per PPO step on SmolLM2-135M, split by phase, with achieved GFLOP/s beside a matmul
 measured in the same run.
 
-    .venv/bin/python bench/rl_step.py [--prompts 32] [--new-tokens 32] [--steps 2] [--bf16] [--lora-r 16] [--no-trim]
+    .venv/bin/python bench/rl_step.py [--prompts 32] [--new-tokens 32] [--steps 2] [--bf16] [--lora-r 16] [--no-trim] [--sdpa]
 
 The reward is a cheap programmatic one (VADER sentiment) so that the figures are the RL machinery's.
 The first step is a warm-up and is not counted.
@@ -39,14 +39,18 @@ def main() -> None:
     ap.add_argument("--ppo-epochs", type=int, default=1)
     ap.add_argument("--no-trim", action="store_true",
                     help="keep the columns that are padding in every row of a minibatch (to measure what dropping them saves)")
+    ap.add_argument("--sdpa", action="store_true",
+                    help="transformers' SDPA as it is (rlhfkit.attention off: bf16 attention in bf16), to measure what attending in fp32 saves")
     args = ap.parse_args()
 
     from rlhfkit.cli_options import quiet_libraries
 
     quiet_libraries()
-    from rlhfkit import forward
+    from rlhfkit import attention, forward
 
     forward.TRIM_PADDING = not args.no_trim
+    if args.sdpa:
+        attention.FP32_MAX_KEYS = 0
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     from rlhfkit.config import PPOConfig
@@ -111,7 +115,7 @@ def main() -> None:
     mm16 = matmul_gflops(dtype=torch.bfloat16) if args.bf16 or native_bf16() else None
     print(f"model {args.model}: {n_params / 1e6:.0f}M non-embedding params; {args.prompts} prompts x {args.new_tokens} new tokens "
           f"(mean prompt {prompt_len:.0f} tokens, mean response {length:.1f}); bf16={args.bf16} lora_r={args.lora_r} "
-          f"ppo_epochs={args.ppo_epochs} minibatch={args.minibatch} trim_padding={not args.no_trim}; threads={torch.get_num_threads()}")
+          f"ppo_epochs={args.ppo_epochs} minibatch={args.minibatch} trim_padding={not args.no_trim} fp32_attention_max_keys={attention.FP32_MAX_KEYS}; threads={torch.get_num_threads()}")
     print(f"seconds per PPO step: total {total:.2f} = generation {t['time_generate']:.2f} + reward {t['time_reward']:.2f} "
           f"+ reference+values {t['time_ref_values']:.2f} + update {t['time_update']:.2f}")
     print(f"generated tokens/s: {gen_tokens / t['time_generate']:.1f}")

@@ -1,6 +1,7 @@
 """bench/generate.py --vs-hf runs rlhfkit's sampler and transformers' generate on the same work: in the
 fixed-length mode both produce exactly batch x new-tokens tokens. Only the shape of the figures is checked,
-never a time. bench/update_padding.py (PPO's update with and without dropping padding columns) likewise."""
+never a time. bench/update_padding.py (PPO's update with and without dropping padding columns) and
+bench/attention.py (the attention kernels per key length) likewise."""
 
 from __future__ import annotations
 
@@ -82,3 +83,14 @@ def test_update_padding_bench_times_both_variants_on_one_rollout(capsys):
     (run_full, real_full), (run_trim, real_trim) = out["columns"][False], out["columns"][True]
     assert real_full == real_trim and real_trim <= run_trim <= run_full
     assert "untrimmed/trimmed" in capsys.readouterr().out
+
+
+def test_attention_bench_times_every_kernel_per_length(capsys):
+    spec = importlib.util.spec_from_file_location("bench_attention", BENCH.parent / "attention.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--rows", "1", "--lengths", "16,32", "--repeats", "1"])
+    assert set(out) == {16, 32}
+    assert all(set(cells) == {"sdpa bf16", "sdpa on fp32", "eager"} for cells in out.values())
+    assert all(f > 0 and fb > 0 for cells in out.values() for f, fb in cells.values())
+    assert "forward+backward" in capsys.readouterr().out

