@@ -1,9 +1,9 @@
 """Attention for transformers models on a CPU in bf16: SDPA on fp32 copies of the inputs at short lengths.
 
 PyTorch's CPU flash kernel (what transformers' "sdpa" runs) is slow in bf16 on short sequences, above all in
-its backward: at 96-256 keys, 9 heads, a forward+backward in bf16 took 1.1-1.7x the time of the same kernel
-on the inputs cast to fp32, for the same forward time, while from ~384 keys the bf16 kernel is the faster
-(``bench/attention.py`` prints both, and eager attention, per key length). Our sequences (prompt + response)
+its backward: at 64-160 keys, 9 heads, a forward+backward in bf16 took 1.5-2.1x the time of the same kernel
+on the inputs cast to fp32, for about the same forward time; the two tie at 192-256 keys, and from ~384 the
+bf16 kernel is the faster (``bench/attention.py`` prints both, and eager attention, per key length). Our sequences (prompt + response)
 are ~100-130 tokens, so SFT, the reward model and every RL update ran their attention in the slow case.
 
 ``use(model)`` gives a transformers model the implementation ``"rlhfkit"``: per call, SDPA on the query,
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 NAME = "rlhfkit"
 # at most this many keys: bf16 attention on a CPU runs SDPA in fp32. bench/attention.py on 2 cores of an AMD EPYC
-# Zen 5 (avx512_bf16), forward+backward: 1.7x faster at 96-128 keys, 1.1x at 256, slower from 384 (0.87x)
+# Zen 5 (avx512_bf16), forward+backward: 1.5-2.1x faster at 64-160 keys, 1.08x at 192, a tie at 256, 0.94x at 384
 FP32_MAX_KEYS = 256
 
 

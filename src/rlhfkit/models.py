@@ -313,7 +313,7 @@ def load_causal_lm(name: str | os.PathLike, *, lora: LoraSettings | None = None,
         if lora is not None and lora.r > 0:
             model = _add_lora(model, lora, path)
     disable_dropout(model)
-    attention.use(model)  # eager attention where it is the faster (bf16 on a CPU, short sequences)
+    attention.use(model)  # bf16 attention on a CPU on fp32 copies at short lengths, where that is the faster
     model.train(trainable)
     if not trainable:
         model.requires_grad_(False)
