@@ -94,7 +94,7 @@ def register(app: click.Group) -> None:
         run_reporting_errors(_run, cfg, True)
 
     @click.command("demo", params=[click.Option(["--preset"], type=click.Choice(list(PRESETS)), default="demo", show_default=True,
-                                                help="demo: SmolLM2-135M (about 16-26 min on 2 cores of a Zen 5 or Zen 4 with native bf16, 49-57 min in fp32 on AVX2 EPYCs without (before the 2-epoch reward model); see the README); smoke: the tiny model (< 2 min).")]
+                                                help="demo: SmolLM2-135M (about 13-26 min on 2 cores of a Zen 5 or Zen 4 with native bf16, 49-57 min in fp32 on AVX2 EPYCs without (before the 2-epoch reward model); see the README); smoke: the tiny model (< 2 min).")]
                    + [click.Option(["--resume"], is_flag=True, help=resume_help + " Give the same options as the run's first command.")]
                    + _options())
     def demo(preset, resume, sets, **kw):

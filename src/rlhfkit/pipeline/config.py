@@ -306,7 +306,7 @@ def wire(cfg: PipelineConfig, run: Path, mixed_precision: str) -> PipelineConfig
 
 
 PRESETS = {
-    # the demo: the embedded SmolLM2 on the bundled task (README: 16-26 min in bf16 on 2 Zen 5 / Zen 4 cores with native bf16; 49-57 min in fp32 on 2 AVX2 cores without, at earlier versions)
+    # the demo: the embedded SmolLM2 on the bundled task (README: 13-26 min in bf16 on 2 Zen 5 / Zen 4 cores with native bf16; 49-57 min in fp32 on 2 AVX2 cores without, at earlier versions)
     "demo": {},
     # the same code path on the tiny random model in well under 2 minutes (make test runs it)
     "smoke": dict(model="tiny", bf16=False, max_new_tokens=8, gen_batch_size=32, sft_examples=16, pref_prompts=8,
