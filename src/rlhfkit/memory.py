@@ -5,10 +5,12 @@ PyTorch's CPU allocator is glibc's malloc. glibc serves every block of more than
 threshold) with a fresh ``mmap`` and returns it with ``munmap`` when freed, and trims the heap's free top back to
 the kernel. A training step allocates and frees gigabytes of activations, logits and gradients of the same
 sizes every time, so each step asks the kernel again for pages it has just returned: each new page is a fault
-and a zeroing (on the 2-core VMs here, 3.7 million faults and ~20 s of system time in the demo's 57-second SFT
-stage). With ``keep_freed_memory()`` malloc serves large blocks from its heap too (``M_MMAP_MAX`` 0) and keeps
-freed memory there (``M_TRIM_THRESHOLD`` at its maximum), so a step reuses the pages of the step before. The
-resident memory then stays near its peak, which the next step reaches again anyway.
+and a zeroing (``bench/rl_step.py``'s process on a 2-core AMD EPYC Zen 5 VM: 3.1-4.8 million faults and 16-27 s
+of system time). With ``keep_freed_memory()`` malloc serves large blocks from its heap too (``M_MMAP_MAX`` 0) and
+keeps freed memory there (``M_TRIM_THRESHOLD`` at its maximum), so a step reuses the pages of the step before
+(1.3 million faults, 11 s). The resident memory then stays near its peak, which the next step reaches again
+anyway; a freed block that small allocations have since split is not reused whole, so the peak can grow a little
+(``bench/malloc.py`` prints it: the same within 0.1 GB in bf16, 0.3 GB lower in fp32).
 
 ``python bench/malloc.py`` measures it (one PPO step's phases, alternated, with and without). It is set once per
 process, when rlhfkit loads a model (``models.load_causal_lm``, ``RewardModel.from_pretrained``), only where the
