@@ -32,10 +32,9 @@ def run_once(keep: bool, steps: int, bf16: bool, model: str = "smollm2-135m") ->
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         child = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
         _, status, usage = os.wait4(child.pid, 0)  # this child's own usage
-        child.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0), err.seek(0)
         stdout, stderr = out.read(), err.read()
-    if child.returncode != 0:
+    if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
     line = next(l for l in stdout.splitlines() if l.startswith("seconds per PPO step"))
     values = {p: float(re.search(rf"{re.escape(p)} (\d+\.\d+)", line).group(1)) for p in PHASES}

@@ -52,7 +52,6 @@ def test_opting_out_leaves_glibcs_default():
 
 
 def test_loading_a_model_sets_it(monkeypatch):
-    monkeypatch.setattr(memory, "_state", {})
     calls = []
     monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append(1) or True)
     from rlhfkit.models import RewardModel, load_causal_lm

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -28,8 +29,6 @@ import sys
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 INT_MAX = 2**31 - 1
-
-_state: dict[str, bool] = {}
 
 
 def _glibc():
@@ -50,11 +49,8 @@ def enabled() -> bool:
     return os.environ.get("RLHFKIT_KEEP_FREED_MEMORY", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Set malloc to keep freed memory (see the module's docstring), once per process. Returns whether it is set."""
-    if "set" in _state:
-        return _state["set"]
     libc = _glibc() if enabled() else None
-    ok = bool(libc is not None and libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, INT_MAX))
-    _state["set"] = ok
-    return ok
+    return bool(libc is not None and libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, INT_MAX))
