@@ -84,6 +84,26 @@ def test_eval_runs_alone_on_a_finished_run(smoke_run):
     assert (out / "winrates.json").read_text() == before
 
 
+def test_eval_takes_another_number_of_answers_per_prompt(smoke_run, tmp_path):
+    """`rlhfkit eval RUN --eval-samples 1` judges one answer per prompt (the smoke run has 2), and records it."""
+    import shutil
+
+    out, _ = smoke_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    res = CliRunner().invoke(app, ["eval", str(run), "--eval-samples", "1"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    w = json.loads((run / "winrates.json").read_text())["methods"]
+    for name in METHODS:
+        rows = [json.loads(l) for l in (run / "samples" / f"{name}.jsonl").read_text().splitlines()]
+        n = 8 if name == "best_of_n" else 12
+        assert len(rows) == n and {r["sample"] for r in rows} == {0} and len({r["prompt"] for r in rows}) == n
+        assert w[name]["n"] == n and w[name]["samples"] == n
+    assert "eval_samples: 1" in (run / "pipeline.yaml").read_text()
+    res = CliRunner().invoke(app, ["eval", str(run), "--eval-samples", "0"])
+    assert res.exit_code != 0 and "eval-samples" in res.output
+
+
 def test_pipeline_rejects_unknown_stage(tmp_path):
     cfg = tmp_path / "p.yaml"
     cfg.write_text(f"out: {tmp_path / 'run'}\nmodel: tiny\nstages: sft,nonsense\n")

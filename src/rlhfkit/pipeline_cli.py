@@ -110,7 +110,9 @@ def register(app: click.Group) -> None:
     @click.option("--human", type=click.Path(exists=True), default=None,
                   help="Human judgments (`rlhfkit feedback export --kind eval`, or the feedback database URL) for a human win-rate column.")
     @click.option("--eval-prompts", type=int, default=None, help="Number of eval prompts (default: the run's setting).")
-    def eval_cmd(run_dir, human, eval_prompts):
+    @click.option("--eval-samples", type=click.IntRange(min=1), default=None,
+                  help="Answers per eval prompt for every sampled method (default: the run's setting).")
+    def eval_cmd(run_dir, human, eval_prompts, eval_samples):
         """Evaluate every method found in RUN_DIR against the initial model: simulated win-rate with its
         standard error, gold and proxy reward, KL to SFT, length; writes winrates.json, samples/, report.md/html."""
         quiet_libraries()
@@ -119,7 +121,8 @@ def register(app: click.Group) -> None:
         saved = Path(run_dir) / "pipeline.yaml"
         try:  # the run's own settings; its sections' wired paths are wired again for RUN_DIR
             cfg = load_pipeline_config(saved if saved.exists() else None,
-                                       {k: v for k, v in dict(out=run_dir, stages="eval", human=human, eval_prompts=eval_prompts).items() if v is not None},
+                                       {k: v for k, v in dict(out=run_dir, stages="eval", human=human, eval_prompts=eval_prompts,
+                                                                  eval_samples=eval_samples).items() if v is not None},
                                        allow_wired=True)
         except (ValueError, TypeError) as e:
             raise click.UsageError(f"{saved}: {e}")
