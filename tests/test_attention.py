@@ -149,3 +149,23 @@ def test_saved_models_do_not_name_rlhfkit_attention(tmp_path):
     assert attention.NAME not in json.dumps(json.loads((tmp_path / "config.json").read_text()))
     plain = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert plain.config._attn_implementation != attention.NAME
+
+
+def test_the_fp32_key_limit_comes_from_the_environment_when_set():
+    """RLHFKIT_ATTENTION_FP32_MAX_KEYS sets FP32_MAX_KEYS for a whole process (0: the bf16 kernel everywhere);
+    a value that is not a number of keys stops the import with an error naming the variable."""
+    import os
+    import subprocess
+    import sys
+
+    def limit(value):
+        env = {k: v for k, v in os.environ.items() if k != "RLHFKIT_ATTENTION_FP32_MAX_KEYS"}
+        if value is not None:
+            env["RLHFKIT_ATTENTION_FP32_MAX_KEYS"] = value
+        return subprocess.run([sys.executable, "-c", "import rlhfkit.attention as a; print(a.FP32_MAX_KEYS)"],
+                              env=env, capture_output=True, text=True)
+
+    assert limit(None).stdout.strip() == "256"
+    assert limit("0").stdout.strip() == "0"
+    bad = limit("-3")
+    assert bad.returncode != 0 and "RLHFKIT_ATTENTION_FP32_MAX_KEYS" in bad.stderr

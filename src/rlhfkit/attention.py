@@ -19,13 +19,30 @@ does not write ``_attn_implementation``), so saved folders load anywhere as befo
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
 NAME = "rlhfkit"
+
+
+def _max_keys_from_env(default: int) -> int:
+    """RLHFKIT_ATTENTION_FP32_MAX_KEYS when set (a number of keys >= 0), else ``default``."""
+    text = os.environ.get("RLHFKIT_ATTENTION_FP32_MAX_KEYS")
+    if text is None:
+        return default
+    value = int(text) if text.strip().isdigit() else -1
+    if value < 0:
+        raise ValueError(f"RLHFKIT_ATTENTION_FP32_MAX_KEYS must be a number of keys >= 0, got {text!r}")
+    return value
+
+
 # at most this many keys: bf16 attention on a CPU runs SDPA in fp32. bench/attention.py on 2 cores of an AMD EPYC
-# Zen 5 (avx512_bf16), forward+backward: 1.5-2.1x faster at 64-160 keys, 1.08x at 192, a tie at 256, 0.94x at 384
-FP32_MAX_KEYS = 256
+# Zen 5 (avx512_bf16), forward+backward: 1.5-2.1x faster at 64-160 keys, 1.08x at 192, a tie at 256, 0.94x at 384.
+# RLHFKIT_ATTENTION_FP32_MAX_KEYS=0 turns it off (the bf16 kernel everywhere: the numbers of before 0ab03f7), so that
+# a whole run (`rlhfkit demo --seed N`) can be made at either rounding, to compare PPO's verdict over seeds.
+FP32_MAX_KEYS = _max_keys_from_env(256)
 
 
 def compute_dtype(q: torch.Tensor) -> torch.dtype:
