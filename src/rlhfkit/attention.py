@@ -29,13 +29,10 @@ NAME = "rlhfkit"
 
 def _max_keys_from_env(default: int) -> int:
     """RLHFKIT_ATTENTION_FP32_MAX_KEYS when set (a number of keys >= 0), else ``default``."""
-    text = os.environ.get("RLHFKIT_ATTENTION_FP32_MAX_KEYS")
-    if text is None:
-        return default
-    value = int(text) if text.strip().isdigit() else -1
-    if value < 0:
+    text = os.environ.get("RLHFKIT_ATTENTION_FP32_MAX_KEYS", str(default)).strip()
+    if not text.isdigit():
         raise ValueError(f"RLHFKIT_ATTENTION_FP32_MAX_KEYS must be a number of keys >= 0, got {text!r}")
-    return value
+    return int(text)
 
 
 # at most this many keys: bf16 attention on a CPU runs SDPA in fp32. bench/attention.py on 2 cores of an AMD EPYC
