@@ -180,3 +180,25 @@ def test_malformed_sft_and_prompts(tmp_path):
     prompts.write_text('{"prompt": "a"}\n{"messages": [{"role": "bot", "content": "x"}]}\n')
     with pytest.raises(DataError, match=r"p.jsonl:2: \"messages\"\[0\].role must be"):
         train_ppo(PPOConfig(model="does-not-exist", prompts=str(prompts), out=str(tmp_path / "o"), reward_fn="x:y"), progress=False)
+
+
+def test_reward_model_train_top_layers_freezes_the_rest(tmp_path):
+    """train_top_layers=1 of the tiny model's 2: the embeddings and the lower layer keep their starting weights to
+    the bit; the top layer, the final norm and the head learn."""
+    from transformers import AutoModelForCausalLM
+
+    from rlhfkit.models import RewardModel, resolve
+    from rlhfkit.train.reward import train_reward
+
+    rows = [{"prompt": f"Review {i}:", "chosen": "a wonderful film wonderful", "rejected": "a film"} for i in range(32)]
+    data = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    out = train_reward(RewardConfig(model="tiny", data=str(data), out=str(tmp_path / "rm"), max_steps=4, lr=1e-2, batch_size=8,
+                                    train_top_layers=1, mixed_precision="no"), progress=False)
+    start = AutoModelForCausalLM.from_pretrained(resolve("tiny")).model.state_dict()
+    rm = RewardModel.from_pretrained(out)
+    assert rm.model.score.weight.abs().sum() > 0  # the head starts at zero
+    trained = rm.model.model.state_dict()
+    assert start.keys() == trained.keys()
+    for name, w in start.items():
+        same = torch.equal(w, trained[name])
+        assert same == (name.startswith("embed_tokens") or name.startswith("layers.0.")), name
