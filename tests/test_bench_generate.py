@@ -1,7 +1,7 @@
 """bench/generate.py --vs-hf runs rlhfkit's sampler and transformers' generate on the same work: in the
 fixed-length mode both produce exactly batch x new-tokens tokens. Only the shape of the figures is checked,
-never a time. bench/update_padding.py (PPO's update with and without dropping padding columns) and
-bench/attention.py (the attention kernels per key length) likewise."""
+never a time. bench/update_padding.py (PPO's update with and without dropping padding columns),
+bench/attention.py (the attention kernels per key length) and bench/shared_rows.py likewise."""
 
 from __future__ import annotations
 
@@ -94,3 +94,15 @@ def test_attention_bench_times_every_kernel_per_length(capsys):
     assert all(set(cells) == {"sdpa bf16", "sdpa on fp32", "eager"} for cells in out.values())
     assert all(f > 0 and fb > 0 for cells in out.values() for f, fb in cells.values())
     assert "forward+backward" in capsys.readouterr().out
+
+
+def test_shared_rows_bench_reports_both_ways(capsys):
+    """bench/shared_rows.py: both ways of expanding a shared prompt's rows, on both tensors; index_select's
+    backward adds in index order, so its repeats give one gradient (advanced indexing's may give several)."""
+    spec = importlib.util.spec_from_file_location("bench_shared_rows", BENCH.with_name("shared_rows.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--prompts", "3", "--samples", "2", "--prompt-tokens", "4", "--reps", "3"])
+    assert len(res) == 4 and all(r["ms"] > 0 and 1 <= r["distinct_gradients"] <= 3 for r in res.values())
+    assert all(r["distinct_gradients"] == 1 for k, r in res.items() if k.endswith("index_select"))
+    assert "CPU:" in capsys.readouterr().out

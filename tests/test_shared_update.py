@@ -70,6 +70,28 @@ def test_shared_prompt_pass_gives_the_same_logprobs_and_gradients(lora):
     assert any(g.abs().max() > 1e-3 for g in g_full.values())  # the gradients are not trivially zero
 
 
+def test_the_shared_prompt_pass_adds_repeated_rows_in_a_fixed_order():
+    """Advanced indexing's backward (IndexBackward: index_put_ with accumulate) adds the K rows' gradients with
+    parallel atomic float adds on a CPU of 2+ threads, in an order that changed the last bits from run to run
+    (a resumed DPO run drifted from the uninterrupted one); index_select's backward adds them in index order."""
+    tok = load_tokenizer("tiny")
+    torch.manual_seed(0)
+    model = load_causal_lm("tiny", trainable=True)
+    p_ids, p_mask, r_ids, r_mask, adv = _batch(tok, model.config.vocab_size)
+    out = forward_response(model, p_ids, p_mask, r_ids, r_mask, share_prompts=True)
+    loss = ops.reinforce_loss(out["logprobs"], r_mask.float(), adv)
+    seen, todo, names = set(), [loss.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        todo.extend(f for f, _ in fn.next_functions)
+    assert "IndexSelectBackward0" in names, names  # the shared rows really are expanded in this graph
+    assert not any(n.startswith("IndexBackward") for n in names), sorted(names)
+
+
 def test_minibatches_hold_whole_groups():
     from rlhfkit.train.reinforce import whole_groups
 

@@ -135,9 +135,27 @@ def prefill_distinct(model, prompt_ids, prompt_mask, groups=None, **kwargs):
     rows = out.logits if hasattr(out, "logits") else out.last_hidden_state
     cache = out.past_key_values
     if groups is not None:
-        cache.batch_select_indices(inverse)
-        rows = rows[inverse]
+        repeat_cache_rows(cache, inverse)
+        rows = rows.index_select(0, inverse)
     return cache, rows
+
+
+def repeat_cache_rows(cache, index: torch.Tensor) -> None:
+    """``cache.batch_select_indices(index)`` through ``index_select``, whose backward adds the gradients of
+    rows that repeat a prompt in index order (``index_add_``). transformers' advanced indexing (``keys[index]``)
+    would add them through ``index_put_(accumulate=True)``, which on a CPU with more than one thread uses
+    parallel atomic float adds for tensors over 32768 elements: their order, and so the gradient's last bits,
+    then changes from run to run (a resumed DPO run drifted from the uninterrupted one by 1e-7 under load)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return cache.batch_select_indices(index)
+    for layer in layers:
+        if type(layer).batch_select_indices is not DynamicLayer.batch_select_indices:
+            layer.batch_select_indices(index)  # a layer of another kind: its own selection
+        elif layer.get_seq_length() > 0:
+            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
 
 
 def continue_from_cache(model, cache, prompt_mask, ids, mask, **kwargs):
