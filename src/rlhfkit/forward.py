@@ -145,7 +145,7 @@ def repeat_cache_rows(cache, index: torch.Tensor) -> None:
     rows that repeat a prompt in index order (``index_add_``). transformers' advanced indexing (``keys[index]``)
     would add them through ``index_put_(accumulate=True)``, which on a CPU with more than one thread uses
     parallel atomic float adds for tensors over 32768 elements: their order, and so the gradient's last bits,
-    then changes from run to run (a resumed DPO run drifted from the uninterrupted one by 1e-7 under load)."""
+    then follow thread timing (a resumed DPO run differed from the uninterrupted one in the 7th digit under load)."""
     from transformers.cache_utils import DynamicLayer
 
     layers = getattr(cache, "layers", None)
