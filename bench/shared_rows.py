@@ -16,20 +16,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-
-def cpu_info() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return "unknown CPU"
-    name = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), "unknown CPU")
-    flags = next((l for l in out.splitlines() if l.startswith("Flags")), "")
-    return f"{name}, {'avx512_bf16' if 'avx512_bf16' in flags else 'no avx512_bf16'}"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from precision import cpu_flags, cpu_model  # noqa: E402
 
 
 def measure(src: torch.Tensor, grad: torch.Tensor, index: torch.Tensor, way: str, reps: int) -> tuple[float, int]:
@@ -67,7 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
         "keys of one layer": torch.randn(args.prompts, 3, args.prompt_tokens, 64, generator=g),
         "last-position logits": torch.randn(args.prompts, 1, 49152, generator=g),
     }
-    print(f"CPU: {cpu_info()}; threads: {torch.get_num_threads()}; {args.prompts} prompts x {args.samples} rows")
+    bf16 = "avx512_bf16" in cpu_flags()
+    print(f"CPU: {cpu_model()}; avx512_bf16: {'yes' if bf16 else 'no'}; threads: {torch.get_num_threads()}; "
+          f"{args.prompts} prompts x {args.samples} rows")
     results = {}
     for name, t in tensors.items():
         src = t.requires_grad_()
